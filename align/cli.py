@@ -1,0 +1,151 @@
+"""The `align` command line. The only module that prints; user errors become `error: ...` and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from align import __version__
+from align.errors import USER_ERRORS
+
+log = logging.getLogger("align")
+
+STAGE_HELP = {
+    "sft": "supervised fine-tuning on chat / prompt-completion data (trl.SFTTrainer)",
+}
+
+
+def _stage_command(args: argparse.Namespace) -> int:
+    from align import stages
+
+    _quiet_libraries()
+    cfg = stages.load(args.command, args.config, args.overrides)
+    result = stages.run(args.command, cfg)
+    print(result.summary_line())
+    for key, value in result.notes.items():
+        if key == "wandb_sync":
+            print(f"W&B run saved offline; upload it with: {value}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from align import validate
+
+    results = validate.validate_paths([Path(p) for p in args.paths])
+    failed = 0
+    for path, problem in results:
+        if problem is None:
+            print(f"ok      {path}")
+        else:
+            failed += 1
+            print(f"invalid {path}: {problem}")
+    print(f"{len(results) - failed} valid, {failed} invalid")
+    return 2 if failed else 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from align import registry
+
+    for name, alias in registry.ALIASES.items():
+        state = f"pulled at {registry.alias_path(name)}" if registry.is_pulled(name) else "not pulled"
+        print(f"{name}\t{state}\n    {alias.description}")
+    return 0
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from align import registry
+
+    path = registry.pull(args.name, force=args.force)
+    print(f"{args.name} -> {path}")
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    import data_formats
+
+    result = data_formats.inspect(args.path, args.kind, format=args.format)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else data_formats.render_inspect(result))
+    return 0 if result["valid"] else 2
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    import data_formats
+
+    report = data_formats.convert(args.path, args.kind, args.out, format=args.format, on_error=args.on_error)
+    print(report.summary())
+    print(f"wrote {report.rows_out} rows to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="Staged preference alignment: SFT, reward model, "
+                                     "DPO, PPO, on transformers + trl + peft + accelerate.")
+    parser.add_argument("--version", action="version", version=f"align {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name, help_text in STAGE_HELP.items():
+        p = sub.add_parser(name, help=help_text, description=f"Run the {name} stage: {help_text}.")
+        p.add_argument("--config", required=True, help="stage YAML file")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.max_steps=10")
+        p.set_defaults(func=_stage_command)
+
+    p = sub.add_parser("validate", help="load and check every YAML config found (recursively); trains nothing")
+    p.add_argument("paths", nargs="+", help="YAML files or directories")
+    p.set_defaults(func=_validate)
+
+    models_parser = sub.add_parser("models", help="list or pull registered model aliases")
+    models_sub = models_parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = models_sub.add_parser("list", help="registered aliases and whether they are in the cache")
+    p.set_defaults(func=_models_list)
+    p = models_sub.add_parser("pull", help="download and convert an alias into the cache ($ALIGN_CACHE_DIR)")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="pull again even if cached")
+    p.set_defaults(func=_models_pull)
+
+    data_parser = sub.add_parser("data", help="inspect or convert datasets")
+    data_sub = data_parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser("inspect", help="detected format, row counts, problems, lengths, examples")
+    p.add_argument("path")
+    p.add_argument("--kind", choices=["sft", "preference", "prompt", "kto"], default=None)
+    p.add_argument("--format", default="auto")
+    p.add_argument("--json", action="store_true", help="one machine-readable JSON object")
+    p.set_defaults(func=_data_inspect)
+    p = data_sub.add_parser("convert", help="write canonical JSONL rows and a report")
+    p.add_argument("path")
+    p.add_argument("--kind", required=True, choices=["sft", "preference", "prompt", "kto"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", default="auto")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    p.set_defaults(func=_data_convert)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal to our progress bar and log lines: no per-map progress bars or info chatter."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

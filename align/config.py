@@ -1,0 +1,237 @@
+"""Strict typed configs: YAML + `a.b=value` overrides -> dataclasses, every problem reported at once.
+
+Unknown keys, wrong types and missing required fields fail here, before any weight is loaded, with the dotted
+path and the closest valid key. Each config class may define `check() -> list[str]` for cross-field rules; all
+problems of the whole tree are collected into one ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from align.errors import ConfigError
+
+MISSING = dataclasses.MISSING
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn `["train.max_steps=2", "beta=0.2"]` into a nested dict; values are parsed as YAML scalars/lists."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.max_steps=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e.__class__.__name__})") from e
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is set both as a value and as a section")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(schema: type, path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Any:
+    """Build `schema` from an optional YAML file, an optional dict and `a.b=value` overrides (applied last)."""
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        raw = deep_merge(raw, read_yaml(path))
+    if overrides:
+        raw = deep_merge(raw, parse_overrides(overrides))
+    problems: list[str] = []
+    cfg = _build(schema, raw, "", problems)
+    if not problems:
+        problems.extend(_check_tree(cfg, ""))
+    if problems:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid config{where}: " + "; ".join(problems))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass, in field order (what `config.yaml` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: Any, output_dir: str | Path) -> Path:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(dump_yaml(cfg), encoding="utf-8")
+    return path
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f" Did you mean '{close[0]}'?"
+    return f" Valid keys: {', '.join(valid)}."
+
+
+def _build(schema: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    where = prefix or "config"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+        return None
+    before = len(problems)
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{_join(prefix, str(key))}: unknown key.{_suggest(str(key), list(fields))}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        path = _join(prefix, name)
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], path, problems)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            problems.append(f"{path}: required field is missing")
+    if len(problems) > before:
+        return None
+    try:
+        return schema(**kwargs)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{where}: {e}")
+        return None
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Check `value` against the annotation `tp`; convert only where YAML is ambiguous (int -> float, '1e-4')."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            trial: list[str] = []
+            out = _coerce(arg, value, path, trial)
+            if not trial:
+                return out
+        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return None
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        problems.append(f"{path}: must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}.{hint}")
+        return None
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+            return None
+        return [_coerce(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        _key_tp, val_tp = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+            return None
+        return {str(k): _coerce(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, str) and hasattr(tp, "from_shorthand"):
+            value = tp.from_shorthand(value)
+        return _build(tp, value, path, problems)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a numeric revision or run name
+    problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return None
+
+
+def _check_tree(cfg: Any, prefix: str) -> list[str]:
+    """Collect `check()` problems from every dataclass in the tree, prefixing their dotted paths."""
+    problems: list[str] = []
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return problems
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            sub = _join(prefix, f.name) + (f"[{i}]" if isinstance(value, list) else "")
+            problems.extend(_check_tree(item, sub))
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        problems.extend(_join(prefix, p) if prefix else p for p in check())
+    return problems

@@ -1,0 +1,205 @@
+"""Load tokenizers and models as a stage's config asks: alias/path/hub id, dtype, attention, LoRA, QLoRA."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from align import registry
+from align.errors import ModelError
+from align.sections import LoraConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def configure_threads(num_threads: int) -> int:
+    """Set torch's CPU threads. Oversubscribing a 2-core machine makes small matmuls far slower, so cap at cores."""
+    import torch
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = num_threads or available
+    torch.set_num_threads(threads)
+    return threads
+
+
+def resolve_dtype(name: str) -> Any:
+    """Map a config dtype to a torch dtype. auto: bf16 on GPUs that support it, fp32 otherwise.
+
+    CPUs without native bf16 (AVX2 only) emulate it; TRL SFT on such a CPU measured >= 90 s/step in bf16 against
+    ~10 s/step in fp32, so auto never picks bf16 on CPU.
+    """
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def precision_flags(dtype: Any) -> dict[str, bool]:
+    """The bf16/fp16 flags of transformers.TrainingArguments for a resolved dtype (TRL defaults bf16=True)."""
+    import torch
+
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def resolve_path(name_or_path: str) -> str:
+    """Alias -> cached checkpoint (pulled on first use); an existing directory -> itself; anything else is a hub id."""
+    if name_or_path in registry.ALIASES:
+        return registry.resolve(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model path {name_or_path!r} is a file; expected a checkpoint directory")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelError(
+            f"model path {name_or_path!r} does not exist. Use an existing directory, a hub id such as "
+            f"HuggingFaceTB/SmolLM2-135M-Instruct, or an alias: {', '.join(registry.ALIASES)}"
+        )
+    return name_or_path
+
+
+def _loading(what: str, name: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except OSError as e:
+        raise ModelError(
+            f"could not load {what} {name!r}: {e}. It is not a local directory or registered alias, and the hub "
+            f"could not provide it (offline?). See `align models list`."
+        ) from e
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    from transformers import AutoTokenizer
+
+    path = path or resolve_path(cfg.name_or_path)
+    tokenizer = _loading("tokenizer", cfg.name_or_path, AutoTokenizer.from_pretrained, path,
+                         revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if cfg.chat_template:
+        template_path = Path(cfg.chat_template).expanduser()
+        is_file = "{" not in cfg.chat_template and template_path.is_file()
+        tokenizer.chat_template = template_path.read_text(encoding="utf-8") if is_file else cfg.chat_template
+    if tokenizer.eos_token is None:
+        raise ModelError(f"tokenizer of {cfg.name_or_path!r} has no eos token; stages need one to end replies")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        _choose_pad_token(tokenizer)
+    return tokenizer
+
+
+def _choose_pad_token(tokenizer) -> None:
+    """Pad with a token other than EOS when the vocabulary has one.
+
+    With pad == eos, a reward model scores the token before the final EOS (transformers finds the last non-pad
+    token) and PPO cannot tell a finished reply from padding. The choice is logged and saved with the tokenizer.
+    """
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>", tokenizer.unk_token):
+        if candidate and candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            log.info("padding with %r (id %d) instead of the eos token %r", candidate, vocab[candidate],
+                     tokenizer.eos_token)
+            tokenizer.pad_token = candidate
+            return
+    if tokenizer.pad_token is None:
+        log.info("tokenizer has no pad token and no spare special token; padding with the eos token %r",
+                 tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "dtype": resolve_dtype(cfg.dtype),
+        "revision": cfg.revision,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.lora.quantize_4bit:
+        kwargs["quantization_config"] = _four_bit_config(kwargs["dtype"])
+    return kwargs
+
+
+def _four_bit_config(compute_dtype: Any):
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError("lora.quantize_4bit (QLoRA) needs a CUDA GPU; none is available. Set lora.quantize_4bit=false")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_causal_lm(cfg: ModelConfig, path: str | None = None):
+    """The policy/causal LM, with dropout as configured by the checkpoint (stages decide whether to disable it)."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_path(cfg.name_or_path)
+    model = _loading("model", cfg.name_or_path, AutoModelForCausalLM.from_pretrained, path, **_model_kwargs(cfg))
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    return model
+
+
+def load_sequence_classifier(cfg: ModelConfig, path: str | None = None, pad_token_id: int | None = None):
+    """A one-label sequence classifier (reward or value model); a causal-LM checkpoint gets a fresh score head."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = path or resolve_path(cfg.name_or_path)
+    model = _loading("model", cfg.name_or_path, AutoModelForSequenceClassification.from_pretrained, path,
+                     num_labels=1, **_model_kwargs(cfg))
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def peft_config(lora: LoraConfig, task_type: str = "CAUSAL_LM"):
+    """A peft.LoraConfig for the stage, or None when LoRA is off."""
+    if not lora.enabled:
+        return None
+    import peft
+
+    targets: Any = lora.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    # A sequence classifier's fresh score head must train and be saved with the adapter.
+    modules_to_save = ["score"] if task_type == "SEQ_CLS" else None
+    return peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                           task_type=task_type, modules_to_save=modules_to_save)
+
+
+def disable_dropout(model) -> None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def save_merged(model, tokenizer, out: str | Path) -> Path:
+    """Merge a peft adapter into its base weights and save a plain checkpoint (loadable without peft)."""
+    merged = model.merge_and_unload()
+    out = Path(out)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

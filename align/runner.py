@@ -1,0 +1,179 @@
+"""Run a TRL trainer the way every stage does: output-dir rules, resume, tracking, progress, final save, summary.
+
+A run's output dir holds `checkpoint-N/` folders while training, then the final model, `config.yaml`,
+`metrics.jsonl` and `summary.json`, which is written last and marks the stage as finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from align import models
+from align.errors import ConfigError
+from align.sections import ModelConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class StageResult:
+    stage: str
+    output_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items() if k in _SUMMARY_KEYS)
+        return f"{self.stage} done: {shown} -> {self.output_dir}"
+
+
+_SUMMARY_KEYS = ("steps", "train_loss", "eval_loss", "eval_accuracy", "eval_rewards/accuracies",
+                 "eval_rewards/margins", "train_runtime_s", "tokens_per_s")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. The trainer writes trainer_state.json last, so its presence marks one."""
+    found = []
+    for path in output_dir.iterdir() if output_dir.is_dir() else []:
+        match = _CHECKPOINT.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    complete = []
+    for _, path in sorted(found):
+        if (path / "trainer_state.json").is_file():
+            complete.append(path)
+        else:
+            # Killed while writing: keep it for inspection, but out of the trainer's resume and rotation.
+            aside = path.with_name(f"incomplete-{path.name}")
+            log.warning("%s is incomplete (no trainer_state.json); moved to %s", path, aside.name)
+            path.rename(aside)
+    return complete
+
+
+def prepare_output_dir(train: TrainConfig) -> str | None:
+    """Apply the resume/overwrite rules; return the checkpoint to resume from, if any."""
+    out = Path(train.output_dir)
+    complete = checkpoints(out)
+    finished = (out / SUMMARY).is_file()
+    if train.resume:
+        if complete:
+            log.info("resuming from %s", complete[-1])
+            return str(complete[-1])
+        log.info("train.resume=true but %s holds no checkpoint; starting from the beginning", out)
+        return None
+    if complete or finished:
+        if not train.overwrite:
+            raise ConfigError(
+                f"train.output_dir: {out} already holds a run ({'finished' if finished else 'checkpoints'}). "
+                "Set train.resume=true to continue it, train.overwrite=true to start over, or choose another dir."
+            )
+        log.info("train.overwrite=true: removing the previous run's checkpoints and summary in %s", out)
+        for path in complete:
+            shutil.rmtree(path)
+        (out / SUMMARY).unlink(missing_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    return None
+
+
+def check_trainer_overrides(overrides: dict[str, Any], trl_config: str, owned: dict[str, str]) -> list[str]:
+    """Problems with `trainer_overrides`: not a field of `trl.<trl_config>`, or a knob the stage sets (`owned`)."""
+    if not overrides:
+        return []
+    import trl
+
+    valid = [f.name for f in dataclasses.fields(getattr(trl, trl_config))]
+    problems = []
+    for key in overrides:
+        if key in owned:
+            problems.append(f"trainer_overrides.{key}: set by align; use {owned[key]} instead")
+        elif key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"trainer_overrides.{key}: not a field of trl.{trl_config}.{hint}")
+    return problems
+
+
+# Which of our keys sets each TrainingArguments field, for the trainer_overrides error message.
+OWNED_ARGUMENTS = {
+    "output_dir": "train.output_dir", "num_train_epochs": "train.epochs", "max_steps": "train.max_steps",
+    "per_device_train_batch_size": "train.batch_size", "per_device_eval_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum", "learning_rate": "train.learning_rate",
+    "lr_scheduler_type": "train.lr_scheduler", "warmup_steps": "train.warmup_ratio",
+    "weight_decay": "train.weight_decay", "max_grad_norm": "train.max_grad_norm", "seed": "train.seed",
+    "logging_steps": "train.logging_steps", "eval_strategy": "train.eval_steps", "eval_steps": "train.eval_steps",
+    "save_steps": "train.save_steps", "save_total_limit": "train.save_total_limit", "bf16": "model.dtype",
+    "fp16": "model.dtype", "gradient_checkpointing": "model.gradient_checkpointing", "max_length": "train.max_length",
+    "report_to": "tracking.backend", "use_cpu": "(automatic: CPU when no GPU)",
+}
+
+
+def training_arguments(train: TrainConfig, model: ModelConfig, *, has_eval: bool) -> dict[str, Any]:
+    """The TrainingArguments every stage shares, derived from our config; stages add their own on top."""
+    eval_every = train.eval_steps if has_eval and train.eval_steps else None
+    return {
+        "output_dir": train.output_dir,
+        "num_train_epochs": train.epochs,
+        "max_steps": train.max_steps,
+        "per_device_train_batch_size": train.batch_size,
+        "per_device_eval_batch_size": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "learning_rate": train.learning_rate,
+        "lr_scheduler_type": train.lr_scheduler,
+        "warmup_steps": train.warmup_ratio,
+        "weight_decay": train.weight_decay,
+        "max_grad_norm": train.max_grad_norm,
+        "seed": train.seed,
+        "logging_steps": train.logging_steps,
+        "eval_strategy": "steps" if eval_every else "no",
+        "eval_steps": eval_every,
+        "save_strategy": "steps",
+        "save_steps": train.save_steps,
+        "save_total_limit": train.save_total_limit,
+        "gradient_checkpointing": model.gradient_checkpointing,
+        "report_to": [],
+        "use_cpu": models.use_cpu(),
+        "include_num_input_tokens_seen": True,
+        "disable_tqdm": False,
+        **models.precision_flags(models.resolve_dtype(model.dtype)),
+    }
+
+
+def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: str | None,
+                   has_eval: bool, save: Callable[[Path], None], extra_summary: dict[str, Any]) -> StageResult:
+    """Train (resuming if asked), evaluate, save the final model with `save`, then write summary.json last."""
+    from align import progress
+
+    progress.install(trainer, stage)
+    out = Path(output_dir)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics: dict[str, Any] = {"steps": trainer.state.global_step, "train_loss": result.training_loss}
+    runtime = time.perf_counter() - started
+    metrics["train_runtime_s"] = round(runtime, 2)
+    tokens = trainer.state.num_input_tokens_seen
+    if tokens and runtime > 0:
+        metrics["tokens_per_s"] = round(tokens / runtime, 1)
+    if has_eval:
+        metrics.update(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        save(out)
+        summary = {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
+                   **extra_summary}
+        (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return StageResult(stage=stage, output_dir=out, metrics=metrics)

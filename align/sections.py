@@ -1,0 +1,193 @@
+"""Config sections shared by every stage: model, data, train, tracking.
+
+A field's help text is the docstring under it. Cross-field rules live in `check()`, which returns every problem
+as `<field>: <what is wrong>` so the loader can report them all at once with full dotted paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
+    rank: int = 16
+    """LoRA rank r."""
+    alpha: int = 32
+    """LoRA scaling alpha (the update is scaled by alpha / rank)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names or suffixes to adapt; ["all-linear"] adapts every linear layer except the output head."""
+    quantize_4bit: bool = False
+    """QLoRA: load the frozen base in 4-bit NF4 (needs CUDA and bitsandbytes)."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.rank <= 0:
+            problems.append(f"rank: must be > 0, got {self.rank}")
+        if self.alpha <= 0:
+            problems.append(f"alpha: must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            problems.append("target_modules: must name at least one module, e.g. [all-linear]")
+        if self.quantize_4bit and not self.enabled:
+            problems.append("quantize_4bit: QLoRA needs lora.enabled=true")
+        return problems
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str
+    """A registered alias (`align models list`), a local directory, or a hub id."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when name_or_path is a hub id."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Training dtype. auto: bf16 on GPUs that support it, fp32 on CPU (bf16 is emulated and slow on most CPUs)."""
+    attn_implementation: str | None = None
+    """Attention kernel: eager, sdpa, flash_attention_2, ... (None: the transformers default)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    trust_remote_code: bool = False
+    """Allow model code from the checkpoint to run. Off unless you trust the source."""
+    chat_template: str | None = None
+    """A Jinja chat template (inline text or a path to a .jinja file) to use instead of the tokenizer's."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.name_or_path.strip():
+            problems.append("name_or_path: must not be empty")
+        if self.attn_implementation is not None and self.attn_implementation not in ATTENTION:
+            problems.append(
+                f"attn_implementation: must be one of {', '.join(ATTENTION)} or null, got {self.attn_implementation!r}"
+            )
+        return problems
+
+
+@dataclass
+class SourceConfig:
+    path: str
+    """A .json/.jsonl/.parquet/.csv file or a datasets hub id."""
+    format: str = "auto"
+    """Source format (see `align data inspect`); auto detects it from the rows."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Map canonical field names to this file's column names, e.g. {prompt: question}."""
+    weight: float = 1.0
+    """Mixing weight: rows taken = weight x rows in the source (1.0 = every row once)."""
+    split: str | None = None
+    """Split of a hub dataset (e.g. train)."""
+
+    @classmethod
+    def from_shorthand(cls, value: str) -> dict[str, Any]:
+        return {"path": value}
+
+    def check(self) -> list[str]:
+        return [f"weight: must be > 0, got {self.weight}"] if self.weight <= 0 else []
+
+
+@dataclass
+class DataConfig:
+    train: list[SourceConfig]
+    """Training sources; a plain path is shorthand for {path: ...}."""
+    eval: list[SourceConfig] = field(default_factory=list)
+    """Held-out sources for evaluation; if empty, eval_fraction of train is held out."""
+    eval_fraction: float = 0.0
+    """Fraction of the training rows held out for evaluation (seeded) when no eval sources are given."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """raise: stop at malformed rows, naming file, row and reason. skip: drop them and count them in the report."""
+    dedup: bool = False
+    """Drop exact duplicate rows (counted in the report)."""
+    drop_long: bool = False
+    """Drop rows longer than train.max_length tokens (counted) instead of truncating them."""
+    seed: int = 0
+    """Seed for the train/eval split and weighted mixing."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.train:
+            problems.append("train: needs at least one source")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            problems.append(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if self.eval and self.eval_fraction:
+            problems.append("eval_fraction: set either eval sources or eval_fraction, not both")
+        return problems
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    """Where the model, checkpoints, config.yaml, metrics.jsonl and summary.json go."""
+    epochs: float = 1.0
+    """Passes over the training data (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Optimizer steps to run; -1 runs `epochs` epochs."""
+    batch_size: int = 4
+    """Examples per device per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "cosine"
+    """Any transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."""
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 1024
+    """Maximum tokens per example (prompt + reply)."""
+    seed: int = 42
+    logging_steps: int = 1
+    eval_steps: int = 0
+    """Evaluate every N optimizer steps (0: only at the end, when there is eval data)."""
+    save_steps: int = 100
+    """Write a checkpoint every N optimizer steps."""
+    save_total_limit: int = 2
+    """Keep at most this many checkpoints (the newest)."""
+    resume: bool = False
+    """Continue from the last checkpoint in output_dir."""
+    overwrite: bool = False
+    """Allow starting over in an output_dir that already holds checkpoints or a finished run."""
+    num_threads: int = 0
+    """CPU threads for torch (0: one per physical core, capped at the cores this process may use)."""
+
+    def check(self) -> list[str]:
+        problems = []
+        for name in ("batch_size", "grad_accum", "max_length", "logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.max_steps != -1:
+            problems.append(f"max_steps: must be > 0 or -1, got {self.max_steps}")
+        if self.max_steps == -1 and self.epochs <= 0:
+            problems.append(f"epochs: must be > 0 when max_steps is -1, got {self.epochs}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.eval_steps < 0 or self.num_threads < 0:
+            problems.append("eval_steps and num_threads: must be >= 0")
+        if self.resume and self.overwrite:
+            problems.append("resume: resume=true and overwrite=true contradict each other; choose one")
+        return problems
+
+
+@dataclass
+class TrackingConfig:
+    backend: Literal["none", "jsonl", "wandb"] = "jsonl"
+    """jsonl: metrics.jsonl only (always written). wandb: also Weights & Biases. none: metrics.jsonl only, quietly."""
+    project: str = "align"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user)."""
+    name: str | None = None
+    """Run name (default: <output dir name>)."""
+    group: str | None = None
+    """W&B group, e.g. one per pipeline run."""
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["auto", "online", "offline"] = "auto"
+    """auto: online when WANDB_API_KEY is set or you are logged in, otherwise offline (sync later with `wandb sync`)."""

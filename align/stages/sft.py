@@ -1,0 +1,132 @@
+"""SFT stage: supervised fine-tuning on chat or prompt-completion data through trl.SFTTrainer.
+
+By default the loss covers the assistant replies and their EOS token only (`align.chat` builds the labels from
+the chat template, so templates without `{% generation %}` markers work too).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from align import chat, config, data, models, runner
+from align.errors import ConfigError
+from align.runner import StageResult
+from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class SFTConfig:
+    stage: Literal["sft"] = "sft"
+    """Names the stage this file configures, so `align validate` and the other stages can tell."""
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    assistant_only_loss: bool = True
+    """Train on assistant replies (and their EOS) only; false trains on every token, prompts included."""
+    packing: bool = False
+    """Pack several examples into each train.max_length sequence (padding-free, per-example attention)."""
+    save_merged: bool = False
+    """With LoRA: also save the adapter merged into the base weights under <output_dir>/merged."""
+    trainer_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra trl.SFTConfig fields we do not expose, checked against that class; for experts."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.save_merged and not self.model.lora.enabled:
+            problems.append("save_merged: only applies with model.lora.enabled=true")
+        problems += runner.check_trainer_overrides(
+            self.trainer_overrides, "SFTConfig",
+            {**runner.OWNED_ARGUMENTS, "packing": "packing", "assistant_only_loss": "assistant_only_loss",
+             "completion_only_loss": "assistant_only_loss"},
+        )
+        return problems
+
+
+@dataclass
+class SFTBuild:
+    trainer: Any
+    tokenizer: Any
+    stage_data: data.StageData
+
+
+def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
+    """Load tokenizer, data and model and return a ready trainer. Trains nothing."""
+    import datasets
+    import trl
+
+    models.configure_threads(cfg.train.num_threads)
+    model_path = models.resolve_path(cfg.model.name_or_path)
+    tokenizer = models.load_tokenizer(cfg.model, model_path)
+
+    stage_data = data.load(cfg.data, "sft")
+    dropped: Counter = Counter()
+
+    def tokenize(row: dict) -> dict:
+        return chat.tokenize_sft_row(tokenizer, row, assistant_only=cfg.assistant_only_loss)
+
+    limits = dict(max_length=cfg.train.max_length, drop_long=cfg.data.drop_long, dropped=dropped)
+    train_rows = data.tokenize_all(stage_data.train, tokenize, split="train", **limits)
+    eval_rows = data.tokenize_all(stage_data.eval, tokenize, split="eval", **limits)
+    stage_data.dropped = dropped
+    if not train_rows:
+        raise ConfigError(f"data.train: no usable rows after formatting and length limits ({dict(dropped)})")
+
+    model = models.load_causal_lm(cfg.model, model_path)
+    has_eval = bool(eval_rows)
+    args = trl.SFTConfig(
+        **runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval),
+        max_length=cfg.train.max_length,
+        packing=cfg.packing,
+        **cfg.trainer_overrides,
+    )
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=models.peft_config(cfg.model.lora),
+        callbacks=[tracker.callback()],
+    )
+    trainable, total = models.count_parameters(trainer.model)
+    log.info("sft: %s, %d train / %d eval examples, %s of %s parameters trainable", cfg.model.name_or_path,
+             len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}")
+    return SFTBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data)
+
+
+def run(cfg: SFTConfig) -> StageResult:
+    out = Path(cfg.train.output_dir)
+    resume_from = runner.prepare_output_dir(cfg.train)
+    config.save_config(cfg, out)
+    tracker = Tracker(cfg.tracking, out, stage="sft", run_config=config.to_dict(cfg))
+    try:
+        built = build(cfg, tracker)
+        trainer = built.trainer
+
+        def save(path: Path) -> None:
+            trainer.save_model(str(path))
+            built.tokenizer.save_pretrained(path)
+            if cfg.save_merged:
+                models.save_merged(trainer.model, built.tokenizer, path / "merged")
+
+        trainable, total = models.count_parameters(trainer.model)
+        result = runner.train_and_save(
+            trainer, stage="sft", output_dir=out, resume_from=resume_from,
+            has_eval=trainer.eval_dataset is not None, save=save,
+            extra_summary={"data": built.stage_data.report, "dropped": dict(built.stage_data.dropped),
+                           "parameters": {"trainable": trainable, "total": total},
+                           "lora": cfg.model.lora.enabled},
+        )
+        tracker.summary(result.metrics)
+    finally:
+        result_notes = tracker.finish()
+    result.notes.update(result_notes)
+    return result
