@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class Tracker:
 
         mode = wandb_mode(self.cfg)
         id_file = self.output_dir / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         run = wandb.init(
             project=self.cfg.project,

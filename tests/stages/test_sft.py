@@ -115,3 +115,23 @@ def test_sft_resume_continues_from_last_checkpoint(tmp_path, tiny_model_dir, sft
     assert state["global_step"] == 4
     steps_logged = [m["step"] for m in tracking.read_metrics(out) if "loss" in m]
     assert steps_logged == [1, 2, 3, 4], "the resumed run starts at step 3, not from scratch"
+
+
+def test_sft_wandb_offline_run_on_disk(tmp_path, tiny_model_dir, sft_data, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(tmp_path, tiny_model_dir, sft_data, "train.max_steps=2", "data.eval_fraction=0",
+                   "tracking.backend=wandb", "tracking.project=align-tests", "tracking.group=g1")
+    result = stages.run("sft", cfg)
+    runs = list((result.output_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert result.notes["wandb_sync"] == f"wandb sync {runs[0]}"
+    run_id = (result.output_dir / "wandb_run_id").read_text().strip()
+    assert runs[0].name.endswith(run_id)
+    [record_file] = runs[0].glob("*.wandb")
+
+    from wandb_records import summarize
+
+    logged = summarize(record_file)
+    assert "loss" in logged["history"] or "train/loss" in logged["history"]
+    assert logged["group"] == "g1" and logged["job_type"] == "sft"
+    assert {"model", "train", "data"} <= logged["config"]
