@@ -15,6 +15,9 @@ log = logging.getLogger("align")
 
 STAGE_HELP = {
     "sft": "supervised fine-tuning on chat / prompt-completion data (trl.SFTTrainer)",
+    "reward": "reward model on preference pairs (trl.RewardTrainer)",
+    "dpo": "direct preference optimisation against a frozen reference (trl.DPOTrainer)",
+    "ppo": "PPO with a reward model or rule, value model and frozen reference (align's own loop)",
 }
 
 

@@ -12,6 +12,9 @@ from align.errors import ConfigError
 # stage name -> (module, config class); imported on demand so `align --help` stays fast.
 STAGES: dict[str, tuple[str, str]] = {
     "sft": ("align.stages.sft", "SFTConfig"),
+    "reward": ("align.stages.reward", "RewardConfig"),
+    "dpo": ("align.stages.dpo", "DPOConfig"),
+    "ppo": ("align.stages.ppo", "PPOConfig"),
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from align import chat, config, data, models, runner
+from align import chat, config, data, models, packing, runner
 from align.errors import ConfigError
 from align.runner import StageResult
 from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
@@ -81,15 +81,26 @@ def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
 
     model = models.load_causal_lm(cfg.model, model_path)
     has_eval = bool(eval_rows)
+    # Varlen (flash) kernels keep packed examples apart by themselves: TRL's padding-free packing is right there.
+    # Other kernels need our block-diagonal mask, see align.packing.
+    trl_packs = cfg.packing and model.config._attn_implementation in packing.VARLEN_ATTENTION
+    collator = None
+    if cfg.packing and not trl_packs:
+        train_rows = packing.pack(train_rows, cfg.train.max_length)
+        eval_rows = packing.pack(eval_rows, cfg.train.max_length) if has_eval else eval_rows
+        collator = packing.PackedCollator(pad_token_id=tokenizer.pad_token_id, dtype=model.dtype)
+        log.info("packed into %d train sequences of up to %d tokens", len(train_rows), cfg.train.max_length)
     args = trl.SFTConfig(
         **runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval),
         max_length=cfg.train.max_length,
-        packing=cfg.packing,
+        packing=trl_packs,
         **cfg.trainer_overrides,
     )
-    trainer = trl.SFTTrainer(
+    trainer_class = packing.packed_sft_trainer(trl) if collator is not None else trl.SFTTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
+        data_collator=collator,
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
