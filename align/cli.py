@@ -22,11 +22,13 @@ STAGE_HELP = {
 
 
 def _stage_command(args: argparse.Namespace) -> int:
-    from align import stages
+    from align import runner, stages
 
     _quiet_libraries()
     cfg = stages.load(args.command, args.config, args.overrides)
     result = stages.run(args.command, cfg)
+    if not runner.is_main_process():
+        return 0
     print(result.summary_line())
     for key, value in result.notes.items():
         if key == "wandb_sync":

@@ -47,47 +47,67 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first. The trainer writes trainer_state.json last, so its presence marks one."""
+def distributed_state():
+    """accelerate's process state. Created with cpu=True when there is no GPU: otherwise processes started by
+    `accelerate launch --multi_gpu` on a CPU-only machine would each think they are alone."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=models.use_cpu())
+
+
+def is_main_process() -> bool:
+    """True on the process that writes files and logs (rank 0 under accelerate, or the only process)."""
+    return distributed_state().is_main_process
+
+
+def checkpoints(output_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(complete, incomplete) checkpoints, oldest first.
+
+    The trainer writes trainer_state.json last, so its presence marks a checkpoint as complete.
+    """
     found = []
     for path in output_dir.iterdir() if output_dir.is_dir() else []:
         match = _CHECKPOINT.match(path.name)
         if match and path.is_dir():
             found.append((int(match.group(1)), path))
-    complete = []
-    for _, path in sorted(found):
-        if (path / "trainer_state.json").is_file():
-            complete.append(path)
-        else:
+    complete = [path for _, path in sorted(found) if (path / "trainer_state.json").is_file()]
+    incomplete = [path for _, path in sorted(found) if path not in complete]
+    return complete, incomplete
+
+
+def prepare_output_dir(train: TrainConfig) -> str | None:
+    """Apply the resume/overwrite rules; return the checkpoint to resume from, if any.
+
+    Every process checks (so all raise the same error); only the main process moves or deletes files.
+    """
+    out = Path(train.output_dir)
+    complete, incomplete = checkpoints(out)
+    finished = (out / SUMMARY).is_file()
+    if not train.resume and (complete or finished) and not train.overwrite:
+        raise ConfigError(
+            f"train.output_dir: {out} already holds a run ({'finished' if finished else 'checkpoints'}). "
+            "Set train.resume=true to continue it, train.overwrite=true to start over, or choose another dir."
+        )
+    state = distributed_state()
+    if state.is_main_process:
+        for path in incomplete:
             # Killed while writing: keep it for inspection, but out of the trainer's resume and rotation.
             aside = path.with_name(f"incomplete-{path.name}")
             log.warning("%s is incomplete (no trainer_state.json); moved to %s", path, aside.name)
             path.rename(aside)
-    return complete
-
-
-def prepare_output_dir(train: TrainConfig) -> str | None:
-    """Apply the resume/overwrite rules; return the checkpoint to resume from, if any."""
-    out = Path(train.output_dir)
-    complete = checkpoints(out)
-    finished = (out / SUMMARY).is_file()
-    if train.resume:
-        if complete:
-            log.info("resuming from %s", complete[-1])
-            return str(complete[-1])
-        log.info("train.resume=true but %s holds no checkpoint; starting from the beginning", out)
+        if not train.resume and train.overwrite and (complete or finished):
+            log.info("train.overwrite=true: removing the previous run's checkpoints and summary in %s", out)
+            for path in complete:
+                shutil.rmtree(path)
+            (out / SUMMARY).unlink(missing_ok=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+    state.wait_for_everyone()
+    if not train.resume:
         return None
-    if complete or finished:
-        if not train.overwrite:
-            raise ConfigError(
-                f"train.output_dir: {out} already holds a run ({'finished' if finished else 'checkpoints'}). "
-                "Set train.resume=true to continue it, train.overwrite=true to start over, or choose another dir."
-            )
-        log.info("train.overwrite=true: removing the previous run's checkpoints and summary in %s", out)
-        for path in complete:
-            shutil.rmtree(path)
-        (out / SUMMARY).unlink(missing_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+    if complete:
+        log.info("resuming from %s", complete[-1])
+        return str(complete[-1])
+    log.info("train.resume=true but %s holds no checkpoint; starting from the beginning", out)
     return None
 
 
@@ -156,7 +176,10 @@ def training_arguments(train: TrainConfig, model: ModelConfig, *, has_eval: bool
 
 def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: str | None,
                    has_eval: bool, save: Callable[[Path], None], extra_summary: dict[str, Any]) -> StageResult:
-    """Train (resuming if asked), evaluate, save the final model with `save`, then write summary.json last."""
+    """Train (resuming if asked), evaluate, save the final model with `save`, then write summary.json last.
+
+    `save` runs on every process and must itself write non-collective files from the main process only.
+    """
     from align import progress
 
     progress.install(trainer, stage)
@@ -171,8 +194,8 @@ def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: 
         metrics["tokens_per_s"] = round(tokens / runtime, 1)
     if has_eval:
         metrics.update(trainer.evaluate())
+    save(out)  # on every process: sharded (FSDP/ZeRO-3) weights are gathered collectively
     if trainer.is_world_process_zero():
-        save(out)
         summary = {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
                    **extra_summary}
         (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")

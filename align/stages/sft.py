@@ -116,17 +116,20 @@ def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
 def run(cfg: SFTConfig) -> StageResult:
     out = Path(cfg.train.output_dir)
     resume_from = runner.prepare_output_dir(cfg.train)
-    config.save_config(cfg, out)
-    tracker = Tracker(cfg.tracking, out, stage="sft", run_config=config.to_dict(cfg))
+    is_main = runner.is_main_process()
+    if is_main:
+        config.save_config(cfg, out)
+    tracker = Tracker(cfg.tracking, out, stage="sft", run_config=config.to_dict(cfg), is_main=is_main)
     try:
         built = build(cfg, tracker)
         trainer = built.trainer
 
         def save(path: Path) -> None:
             trainer.save_model(str(path))
-            built.tokenizer.save_pretrained(path)
-            if cfg.save_merged:
-                models.save_merged(trainer.model, built.tokenizer, path / "merged")
+            if is_main:
+                built.tokenizer.save_pretrained(path)
+                if cfg.save_merged:
+                    models.save_merged(trainer.model, built.tokenizer, path / "merged")
 
         trainable, total = models.count_parameters(trainer.model)
         result = runner.train_and_save(
