@@ -143,9 +143,26 @@ OWNED_ARGUMENTS = {
 }
 
 
-def training_arguments(train: TrainConfig, model: ModelConfig, *, has_eval: bool) -> dict[str, Any]:
+def early_stopping_target(train: TrainConfig, default_metric: str) -> tuple[str, bool]:
+    """(metric, greater_is_better) for early stopping and best-checkpoint selection."""
+    metric = train.early_stopping.metric or default_metric
+    if not metric.startswith("eval_"):
+        metric = f"eval_{metric}"
+    mode = train.early_stopping.mode
+    greater = ("loss" not in metric) if mode == "auto" else mode == "max"
+    return metric, greater
+
+
+def training_arguments(train: TrainConfig, model: ModelConfig, *, has_eval: bool,
+                       default_metric: str = "eval_loss") -> dict[str, Any]:
     """The TrainingArguments every stage shares, derived from our config; stages add their own on top."""
     eval_every = train.eval_steps if has_eval and train.eval_steps else None
+    if train.early_stopping.enabled and not has_eval:
+        raise ConfigError("train.early_stopping.enabled: needs eval data; set data.eval or data.eval_fraction")
+    stopping: dict[str, Any] = {}
+    if train.early_stopping.enabled:
+        metric, greater = early_stopping_target(train, default_metric)
+        stopping = {"load_best_model_at_end": True, "metric_for_best_model": metric, "greater_is_better": greater}
     return {
         "output_dir": train.output_dir,
         "num_train_epochs": train.epochs,
@@ -170,12 +187,56 @@ def training_arguments(train: TrainConfig, model: ModelConfig, *, has_eval: bool
         "use_cpu": models.use_cpu(),
         "include_num_input_tokens_seen": True,
         "disable_tqdm": False,
+        # Parameters frozen after DDP wraps the model would otherwise stall its gradient reduction.
+        "ddp_find_unused_parameters": True if model.freeze.active() else None,
+        **stopping,
         **models.precision_flags(models.resolve_dtype(model.dtype)),
     }
 
 
+@dataclass
+class Controls:
+    """Training controls shared by the TRL stages: freezing schedule and early stopping."""
+
+    callbacks: list[Any]
+    freeze: Any = None
+    early_stopping: bool = False
+
+    def summary(self, state) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.freeze is not None:
+            out["freeze_phases"] = self.freeze.phases
+        if self.early_stopping:
+            stopped = state.global_step < state.max_steps
+            out["stopping"] = {
+                "reason": "no improvement in the eval metric (early stopping)" if stopped else "reached max steps",
+                "best_checkpoint": state.best_model_checkpoint,
+                "best_metric": state.best_metric,
+                "final_model": "best checkpoint",
+            }
+        return out
+
+
+def controls(model_cfg: ModelConfig, train: TrainConfig, model, tracker) -> Controls:
+    """The callbacks a stage's trainer needs: tracking, then freezing and early stopping when configured."""
+    from align import freezing
+
+    found = Controls(callbacks=[tracker.callback()])
+    found.freeze = freezing.plan(model_cfg.freeze, model)
+    if found.freeze is not None:
+        found.callbacks.append(freezing.FreezeCallback(model_cfg.freeze, found.freeze))
+    if train.early_stopping.enabled:
+        from transformers import EarlyStoppingCallback
+
+        found.early_stopping = True
+        found.callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping.patience,
+                                                     early_stopping_threshold=train.early_stopping.threshold))
+    return found
+
+
 def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: str | None,
-                   has_eval: bool, save: Callable[[Path], None], extra_summary: dict[str, Any]) -> StageResult:
+                   has_eval: bool, save: Callable[[Path], None], extra_summary: dict[str, Any],
+                   stage_controls: Controls | None = None) -> StageResult:
     """Train (resuming if asked), evaluate, save the final model with `save`, then write summary.json last.
 
     `save` runs on every process and must itself write non-collective files from the main process only.
@@ -197,6 +258,9 @@ def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: 
     save(out)  # on every process: sharded (FSDP/ZeRO-3) weights are gathered collectively
     if trainer.is_world_process_zero():
         summary = {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
-                   **extra_summary}
+                   **extra_summary, **(stage_controls.summary(trainer.state) if stage_controls else {})}
+        best = trainer.state.best_model_checkpoint
+        if stage_controls is not None and stage_controls.early_stopping and best:
+            (Path(best) / "BEST").write_text(f"{trainer.args.metric_for_best_model} = {trainer.state.best_metric}\n")
         (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return StageResult(stage=stage, output_dir=out, metrics=metrics)

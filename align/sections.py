@@ -44,6 +44,33 @@ class LoraConfig:
 
 
 @dataclass
+class FreezeConfig:
+    embeddings: bool = False
+    """Freeze the token (and position) embeddings; with tied embeddings this freezes the output head too."""
+    first_layers: int = 0
+    """Freeze the first N transformer blocks."""
+    modules: list[str] = field(default_factory=list)
+    """Also freeze parameters whose names match these glob patterns (e.g. "*.mlp.*"); never thawed."""
+    unfreeze_every_steps: int = 0
+    """Gradual unfreezing: thaw one more block every K optimizer steps, highest first, then the embeddings."""
+    unfreeze_at_epochs: list[float] = field(default_factory=list)
+    """Gradual unfreezing by epoch instead: thaw one more group at each of these epochs."""
+
+    def active(self) -> bool:
+        return bool(self.embeddings or self.first_layers or self.modules)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.first_layers < 0 or self.unfreeze_every_steps < 0:
+            problems.append("first_layers and unfreeze_every_steps: must be >= 0")
+        if self.unfreeze_every_steps and self.unfreeze_at_epochs:
+            problems.append("unfreeze_every_steps: set either unfreeze_every_steps or unfreeze_at_epochs, not both")
+        if (self.unfreeze_every_steps or self.unfreeze_at_epochs) and not (self.embeddings or self.first_layers):
+            problems.append("unfreeze_every_steps: a schedule needs frozen blocks or embeddings to thaw")
+        return problems
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str
     """A registered alias (`align models list`), a local directory, or a hub id."""
@@ -60,9 +87,16 @@ class ModelConfig:
     chat_template: str | None = None
     """A Jinja chat template (inline text or a path to a .jinja file) to use instead of the tokenizer's."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    """Freeze embeddings / the first blocks of a full fine-tune, optionally thawing them gradually."""
 
     def check(self) -> list[str]:
         problems = []
+        if self.freeze.active() and self.lora.enabled:
+            problems.append(
+                "freeze: LoRA already keeps every base weight frozen; freezing applies to full fine-tuning only. "
+                "Use lora.target_modules to choose what adapts"
+            )
         if not self.name_or_path.strip():
             problems.append("name_or_path: must not be empty")
         if self.attn_implementation is not None and self.attn_implementation not in ATTENTION:
@@ -122,6 +156,22 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    metric: str | None = None
+    """Eval metric to watch (default: eval_loss for sft, eval_rewards/accuracies for dpo, eval_accuracy for reward)."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """auto: min for metrics containing 'loss', max otherwise."""
+    patience: int = 3
+    """Evaluations without improvement before stopping."""
+    threshold: float = 0.0
+    """Minimum change that counts as an improvement."""
+
+    def check(self) -> list[str]:
+        return [f"patience: must be >= 1, got {self.patience}"] if self.patience < 1 else []
+
+
+@dataclass
 class TrainConfig:
     output_dir: str
     """Where the model, checkpoints, config.yaml, metrics.jsonl and summary.json go."""
@@ -154,7 +204,9 @@ class TrainConfig:
     overwrite: bool = False
     """Allow starting over in an output_dir that already holds checkpoints or a finished run."""
     num_threads: int = 0
-    """CPU threads for torch (0: one per physical core, capped at the cores this process may use)."""
+    """CPU threads for torch (0: one per core this process may use)."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """Stop when the eval metric stops improving; the best checkpoint becomes the final model."""
 
     def check(self) -> list[str]:
         problems = []
@@ -171,6 +223,14 @@ class TrainConfig:
             problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.eval_steps < 0 or self.num_threads < 0:
             problems.append("eval_steps and num_threads: must be >= 0")
+        if self.early_stopping.enabled:
+            if not self.eval_steps:
+                problems.append("early_stopping.enabled: needs periodic evaluation; set train.eval_steps > 0")
+            elif self.save_steps % self.eval_steps:
+                problems.append(
+                    f"save_steps: must be a multiple of eval_steps ({self.eval_steps}) with early stopping, so the "
+                    f"best evaluated step has a checkpoint; got {self.save_steps}"
+                )
         if self.resume and self.overwrite:
             problems.append("resume: resume=true and overwrite=true contradict each other; choose one")
         return problems

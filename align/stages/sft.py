@@ -55,6 +55,7 @@ class SFTBuild:
     trainer: Any
     tokenizer: Any
     stage_data: data.StageData
+    controls: runner.Controls
 
 
 def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
@@ -90,6 +91,7 @@ def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
         eval_rows = packing.pack(eval_rows, cfg.train.max_length) if has_eval else eval_rows
         collator = packing.PackedCollator(pad_token_id=tokenizer.pad_token_id, dtype=model.dtype)
         log.info("packed into %d train sequences of up to %d tokens", len(train_rows), cfg.train.max_length)
+    stage_controls = runner.controls(cfg.model, cfg.train, model, tracker)
     args = trl.SFTConfig(
         **runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval),
         max_length=cfg.train.max_length,
@@ -105,12 +107,12 @@ def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
         peft_config=models.peft_config(cfg.model.lora),
-        callbacks=[tracker.callback()],
+        callbacks=stage_controls.callbacks,
     )
     trainable, total = models.count_parameters(trainer.model)
     log.info("sft: %s, %d train / %d eval examples, %s of %s parameters trainable", cfg.model.name_or_path,
              len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}")
-    return SFTBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data)
+    return SFTBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls)
 
 
 def run(cfg: SFTConfig) -> StageResult:
@@ -138,6 +140,7 @@ def run(cfg: SFTConfig) -> StageResult:
             extra_summary={"data": built.stage_data.report, "dropped": dict(built.stage_data.dropped),
                            "parameters": {"trainable": trainable, "total": total},
                            "lora": cfg.model.lora.enabled},
+            stage_controls=built.controls,
         )
         tracker.summary(result.metrics)
     finally:
