@@ -36,6 +36,21 @@ def _stage_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from align import config, sweep
+
+    _quiet_libraries()
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise config.ConfigError(f"--shard: expected i/n with 0 <= i < n, got {args.shard!r}")
+    cfg = config.load_config(sweep.SweepConfig, args.config)
+    ranked = sweep.run(cfg, shard=(int(index), int(count)))
+    print(f"{len(ranked)} finished trials ranked by {cfg.metric} ({cfg.mode}) in {cfg.run_dir}/results.md")
+    for rank, row in enumerate(ranked[:5], 1):
+        print(f"  {rank}. {row['trial']}: {row['metric']}")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from align import validate
 
@@ -97,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="stage YAML file")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.max_steps=10")
         p.set_defaults(func=_stage_command)
+
+    p = sub.add_parser("sweep", help="run a stage or pipeline over a grid / random search of overrides",
+                       description="Run trials of a stage or pipeline config; see align/sweep.py.")
+    p.add_argument("--config", required=True, help="sweep YAML (stage: sweep)")
+    p.add_argument("--shard", default="0/1", help="run every n-th trial starting at i, as i/n (one process per GPU)")
+    p.set_defaults(func=_sweep)
 
     p = sub.add_parser("validate", help="load and check every YAML config found (recursively); trains nothing")
     p.add_argument("paths", nargs="+", help="YAML files or directories")

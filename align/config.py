@@ -192,7 +192,7 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
-        if isinstance(value, str) and hasattr(tp, "from_shorthand"):
+        if not isinstance(value, dict) and hasattr(tp, "from_shorthand"):
             value = tp.from_shorthand(value)
         return _build(tp, value, path, problems)
     if tp is Any:

@@ -120,8 +120,8 @@ class SourceConfig:
     """Split of a hub dataset (e.g. train)."""
 
     @classmethod
-    def from_shorthand(cls, value: str) -> dict[str, Any]:
-        return {"path": value}
+    def from_shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
 
     def check(self) -> list[str]:
         return [f"weight: must be > 0, got {self.weight}"] if self.weight <= 0 else []

@@ -21,7 +21,11 @@ def find_yaml(paths: list[Path]) -> list[Path]:
 def validate_file(path: Path) -> None:
     """Raise the user error that loading `path` produces, if any."""
     raw = config.read_yaml(path)
-    if "stage" in raw:
+    if raw.get("stage") == "sweep":
+        from align import sweep
+
+        config.load_config(sweep.SweepConfig, path)
+    elif "stage" in raw:
         stages.load(str(raw["stage"]), path)
     elif "compute_environment" in raw or "distributed_type" in raw:
         _validate_accelerate(path)
