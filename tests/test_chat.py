@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from tiny import build_tiny_tokenizer
 
 from align import chat
 from align.errors import ConfigError
-from conftest import build_tiny_tokenizer
 
 CONVERSATION = [
     {"role": "system", "content": "be brief"},

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import CONVERSATIONS, messages
 from transformers import TrainerCallback
 
 from align import config, runner, stages
 from align.errors import ConfigError
 from align.stages.sft import SFTConfig
-from test_packing import CONVERSATIONS, messages
 
 
 @pytest.fixture

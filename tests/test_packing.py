@@ -6,25 +6,10 @@ import json
 
 import pytest
 import torch
+from tiny import CONVERSATIONS, build_tiny_tokenizer, llama_config, messages
 
 from align import chat, config, packing, stages, tracking
 from align.stages.sft import SFTConfig
-from conftest import _llama_config, build_tiny_tokenizer
-
-CONVERSATIONS = [
-    [("what is the capital of france?", "paris"), ("and the dog?", "the dog sat on the mat")],
-    [("one two three", "four five six seven")],
-    [("hello", "hello, how can i help?")],
-    [("write a short poem about the sea", "the sea and the sky, the quick brown fox")],
-    [("yes or no?", "maybe")],
-]
-
-
-def messages(turns):
-    out = []
-    for user, assistant in turns:
-        out += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +42,7 @@ def test_packed_loss_equals_unpacked_loss(tokenized, attn):
     torch.manual_seed(0)
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(_llama_config(tokenizer)).eval()
+    model = LlamaForCausalLM(llama_config(tokenizer)).eval()
     model.config._attn_implementation = attn
 
     total, count = 0.0, 0

@@ -6,9 +6,9 @@ import csv
 import json
 
 import yaml
+from tiny import CONVERSATIONS, messages
 
 from align import cli, config, sweep
-from test_packing import CONVERSATIONS, messages
 
 
 def test_grid_sweep_runs_ranks_and_skips_finished(tmp_path, tiny_model_dir, capsys):

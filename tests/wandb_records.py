@@ -7,6 +7,7 @@ crc32c, length, type FULL/FIRST/MIDDLE/LAST). Tests use this to check what a run
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -61,3 +62,21 @@ def summarize(path: str | Path) -> dict:
         elif kind == "alert":
             out["alerts"].append(rec.alert.title)
     return out
+
+
+def finished_run_file(run_dir: Path, timeout_s: float = 15.0) -> Path:
+    """The offline run file once W&B has written its exit record. wandb 0.31 can return from `finish()` before its
+    writer has flushed the file (seen here: 1 in 12 runs still held only the 7-byte header), so wait for it."""
+    from google.protobuf.message import DecodeError
+
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if any(record.WhichOneof("record_type") == "exit" for record in records(run_file)):
+                return run_file
+        except (DecodeError, struct.error):  # a record cut mid-write; read again
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_file} got no exit record within {timeout_s} s")
+        time.sleep(0.05)

@@ -127,11 +127,9 @@ def test_sft_wandb_offline_run_on_disk(tmp_path, tiny_model_dir, sft_data, monke
     assert result.notes["wandb_sync"] == f"wandb sync {runs[0]}"
     run_id = (result.output_dir / "wandb_run_id").read_text().strip()
     assert runs[0].name.endswith(run_id)
-    [record_file] = runs[0].glob("*.wandb")
+    from wandb_records import finished_run_file, summarize
 
-    from wandb_records import summarize
-
-    logged = summarize(record_file)
+    logged = summarize(finished_run_file(result.output_dir))
     assert "loss" in logged["history"] or "train/loss" in logged["history"]
     assert logged["group"] == "g1" and logged["job_type"] == "sft"
     assert {"model", "train", "data"} <= logged["config"]
