@@ -78,3 +78,15 @@ def tokenize_sft_row(tokenizer, row: dict, *, assistant_only: bool = True) -> di
     prompt = row["prompt"]
     return tokenize_messages(tokenizer, prompt + row["completion"], tools=row.get("tools"),
                              train_from=len(prompt), assistant_only=assistant_only)
+
+
+def reward_text(tokenizer, prompt: list[dict], reply: list[dict], *, tools: list | None = None) -> str:
+    """The text a reward model scores: `prompt + reply` rendered with the chat template, cut right after the reply's
+    final EOS token. Whatever the template adds after that EOS (ChatML's newline) is left out, so the classifier's
+    last token, the one it scores, is the EOS (the reward stage trains on the same cut).
+    """
+    text, spans = assistant_spans(tokenizer, prompt + reply, tools=tools, train_from=len(prompt))
+    if not spans:
+        raise ConfigError("a reply to score must contain an assistant turn; got roles "
+                          f"{[m['role'] for m in reply]}")
+    return text[: spans[-1][1]]

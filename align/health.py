@@ -1,0 +1,309 @@
+"""Training health alerts: known failure signatures read from the logged metrics, as they stream in.
+
+`HealthMonitor.update(step, metrics)` looks at one log record at a time and returns the alerts it newly raises;
+`check(history)` runs a fresh monitor over a whole `metrics.jsonl`. Each rule fires at most once per run. A NaN or
+infinite loss is "fatal": `health_callback` then stops the trainer, and the stage keeps its last checkpoint instead
+of saving the broken model. Every other alert is a "warning": training goes on.
+
+Rules compare a metric's *start* (the mean of its first `window` logged values) with its *current* value (the mean
+of its last `window`), so a single noisy log neither sets nor trips them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["warning", "fatal"]
+
+# Metric names as TRL and our PPO loop log them, with "eval_" for the evaluation pass.
+CHOSEN_LOGPS_AND_MARGINS = (("logps/chosen", "rewards/margins"), ("eval_logps/chosen", "eval_rewards/margins"))
+ACCURACY = "rewards/accuracies"
+LENGTH_KEYS = ("tokens/response_len_mean", "completions/length_mean")
+EOS_RATE_KEY = "completions/eos_rate"
+MISSING_EOS_KEY = "val/frac_missing_eos"
+KL_KEY = "objective/kl"
+
+
+@dataclass
+class HealthConfig:
+    enabled: bool = True
+    """Watch the logged metrics for the failure signatures below and raise alerts (log, W&B, summary)."""
+    window: int = 3
+    """Logs averaged into a metric's start value and into its current value."""
+    chosen_logps_drop: float = 0.5
+    """DPO: alert when logps/chosen falls below its start by more than this fraction of |start| while
+    rewards/margins rises (both replies are being pushed down, the chosen one too)."""
+    early_fraction: float = 0.2
+    """DPO: alert when rewards/accuracies stays at 1.0 for `window` logs within this first fraction of the steps."""
+    length_growth: float = 2.0
+    """PPO / sampled completions: alert when the mean response length grows beyond this many times its start."""
+    eos_rate_drop: float = 0.5
+    """Sampled completions / PPO: alert when the EOS rate falls below (1 - this) times its start."""
+    kl_max: float = 20.0
+    """PPO: alert when objective/kl (nats per response) exceeds this."""
+    kl_jump: float = 5.0
+    """PPO: alert when one log's objective/kl exceeds the mean of the `window` logs before it by this much."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.window < 1:
+            problems.append(f"window: must be >= 1, got {self.window}")
+        for name in ("chosen_logps_drop", "early_fraction", "eos_rate_drop"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                problems.append(f"{name}: must be in (0, 1], got {getattr(self, name)}")
+        if self.length_growth <= 1.0:
+            problems.append(f"length_growth: must be > 1, got {self.length_growth}")
+        if self.kl_max <= 0 or self.kl_jump <= 0:
+            problems.append("kl_max and kl_jump: must be > 0")
+        return problems
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    """A short identifier, e.g. "kl_blowup" (also the W&B alert title)."""
+    step: int
+    message: str
+    severity: Severity
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_number(value: Any) -> float | None:
+    """A logged value as a float: numbers as they are, "nan"/"inf" strings (how metrics.jsonl keeps them) parsed,
+    anything else (text, booleans, lists) None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if hasattr(value, "item"):
+        return float(value.item())
+    if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(value)
+    return None
+
+
+def is_loss_key(key: str) -> bool:
+    """Keys whose non-finite value means the weights are (or are about to be) broken."""
+    return "loss" in key or key == "grad_norm"
+
+
+@dataclass
+class HealthMonitor:
+    """Feeds log records to the rules; remembers each metric's history and which rules already fired."""
+
+    config: HealthConfig = field(default_factory=HealthConfig)
+    max_steps: int | None = None
+    """Total optimizer steps, for the early-accuracy rule (which stays quiet while it is unknown)."""
+    history: dict[str, list[float]] = field(default_factory=dict, init=False)
+    """Every finite value logged so far, by metric."""
+    fired: set[str] = field(default_factory=set, init=False)
+    """Rules that already raised their alert."""
+
+    def update(self, step: int, metrics: dict[str, Any]) -> list[Alert]:
+        """Add one log record and return the alerts it raises (none once a rule has fired before)."""
+        if not self.config.enabled:
+            return []
+        alerts = self._non_finite_losses(step, metrics)
+        for key, value in metrics.items():
+            number = as_number(value)
+            if number is not None and math.isfinite(number):
+                self.history.setdefault(key, []).append(number)
+        if MISSING_EOS_KEY in metrics and EOS_RATE_KEY not in metrics:
+            missing = as_number(metrics[MISSING_EOS_KEY])
+            if missing is not None and math.isfinite(missing):
+                self.history.setdefault(EOS_RATE_KEY, []).append(1.0 - missing)
+        for rule in (self._chosen_logps_collapse, self._early_accuracy, self._length_runaway, self._eos_rate_drop,
+                     self._kl_blowup):
+            alert = rule(step, metrics)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _fire(self, name: str, step: int, message: str, severity: Severity = "warning") -> Alert | None:
+        if name in self.fired:
+            return None
+        self.fired.add(name)
+        return Alert(name=name, step=step, message=message, severity=severity)
+
+    def _start_and_now(self, key: str) -> tuple[float, float] | None:
+        """(start, current) of a metric once it has two windows of values, else None."""
+        values = self.history.get(key, [])
+        w = self.config.window
+        if len(values) < 2 * w:
+            return None
+        return sum(values[:w]) / w, sum(values[-w:]) / w
+
+    def _non_finite_losses(self, step: int, metrics: dict[str, Any]) -> list[Alert]:
+        broken = {key: as_number(value) for key, value in metrics.items() if is_loss_key(key)}
+        broken = {key: value for key, value in broken.items() if value is not None and not math.isfinite(value)}
+        if not broken:
+            return []
+        shown = ", ".join(f"{key} = {value}" for key, value in broken.items())
+        alert = self._fire("non_finite_loss", step,
+                           f"{shown} at step {step}: training stops here and the last checkpoint is kept. Lower the "
+                           "learning rate, check the data for empty or huge rows, or use fp32/bf16 instead of fp16.",
+                           severity="fatal")
+        return [alert] if alert else []
+
+    def _chosen_logps_collapse(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        for logps_key, margins_key in CHOSEN_LOGPS_AND_MARGINS:
+            if logps_key not in metrics:
+                continue
+            logps, margins = self._start_and_now(logps_key), self._start_and_now(margins_key)
+            if logps is None or margins is None:
+                continue
+            (logps_start, logps_now), (margins_start, margins_now) = logps, margins
+            fell = logps_start - logps_now > self.config.chosen_logps_drop * abs(logps_start)
+            if fell and margins_now > margins_start:
+                return self._fire(
+                    "chosen_logps_collapse", step,
+                    f"{logps_key} fell from {logps_start:.4g} to {logps_now:.4g} while {margins_key} rose from "
+                    f"{margins_start:.4g} to {margins_now:.4g}: DPO is widening the margin by pushing the chosen "
+                    "replies down too, so the policy drifts away from good answers. Try a lower learning rate or a "
+                    "larger beta.")
+        return None
+
+    def _early_accuracy(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        values = self.history.get(ACCURACY, [])
+        w = self.config.window
+        if ACCURACY not in metrics or self.max_steps is None or len(values) < w:
+            return None
+        if step <= self.config.early_fraction * self.max_steps and min(values[-w:]) >= 1.0:
+            return self._fire(
+                "early_perfect_accuracy", step,
+                f"{ACCURACY} has been 1.0 for the last {w} logs at step {step} of {self.max_steps} (within the "
+                f"first {self.config.early_fraction:.0%}): the pairs are too easy to tell apart or are being "
+                "memorised. Watch eval_rewards/accuracies; consider fewer epochs, a larger beta or harder pairs.")
+        return None
+
+    def _length_runaway(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        for key in LENGTH_KEYS:
+            found = self._start_and_now(key) if key in metrics else None
+            if found is None:
+                continue
+            start, now = found
+            if start > 0 and now > self.config.length_growth * start:
+                return self._fire(
+                    "length_runaway", step,
+                    f"{key} grew from {start:.4g} to {now:.4g} tokens (over {self.config.length_growth:g}x its "
+                    "start): the policy may be exploiting a length bias of the reward. Check samples; consider a "
+                    "larger KL coefficient or a length penalty.")
+        return None
+
+    def _eos_rate_drop(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        if EOS_RATE_KEY not in metrics and MISSING_EOS_KEY not in metrics:
+            return None
+        found = self._start_and_now(EOS_RATE_KEY)
+        if found is None:
+            return None
+        start, now = found
+        if start > 0 and now < (1.0 - self.config.eos_rate_drop) * start:
+            return self._fire(
+                "eos_rate_drop", step,
+                f"the EOS rate fell from {start:.3g} to {now:.3g}: more replies run to the length limit without "
+                "ending. Check samples for repetition; consider a missing-EOS penalty or a larger KL coefficient.")
+        return None
+
+    def _kl_blowup(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        values = self.history.get(KL_KEY, [])
+        w = self.config.window
+        if KL_KEY not in metrics or len(values) < w:
+            return None
+        now = sum(values[-w:]) / w
+        if now > self.config.kl_max:
+            reason = f"averages {now:.4g} nats over the last {w} logs (limit {self.config.kl_max:g})"
+        elif len(values) > w and values[-1] - sum(values[-w - 1:-1]) / w > self.config.kl_jump:
+            reason = (f"jumped to {values[-1]:.4g} from {sum(values[-w - 1:-1]) / w:.4g} (more than "
+                      f"{self.config.kl_jump:g} nats in one log)")
+        else:
+            return None
+        return self._fire(
+            "kl_blowup", step,
+            f"{KL_KEY} {reason}: the policy is moving away from the reference fast. Consider a lower learning "
+            "rate, a larger KL coefficient (or an adaptive one) or a smaller clip range.")
+
+
+def check(history: Iterable[dict[str, Any]], config: HealthConfig | None = None,
+          max_steps: int | None = None) -> list[Alert]:
+    """Every alert a run's log records raise, in order; each record holds a "step" (as in metrics.jsonl)."""
+    monitor = HealthMonitor(config or HealthConfig(), max_steps=max_steps)
+    alerts: list[Alert] = []
+    for record in history:
+        metrics = {key: value for key, value in record.items() if key not in ("step", "time")}
+        alerts.extend(monitor.update(int(record["step"]), metrics))
+    return alerts
+
+
+WANDB_LEVELS = {"warning": "WARN", "fatal": "ERROR"}
+
+
+class HealthReporter:
+    """Runs a monitor on incoming metrics and acts on its alerts: logs them, sends them to W&B when the tracker has a
+    run, keeps them for the stage summary, and remembers a fatal one (`stopped_on_fatal`)."""
+
+    def __init__(self, monitor: HealthMonitor, tracker: Any = None):
+        self.monitor = monitor
+        self.tracker = tracker
+        self.alerts: list[Alert] = []
+        self.fatal: Alert | None = None
+
+    @property
+    def stopped_on_fatal(self) -> bool:
+        """True once a fatal alert fired: the model in memory is broken and must not be saved over the last
+        checkpoint."""
+        return self.fatal is not None
+
+    def observe(self, step: int, metrics: dict[str, Any]) -> list[Alert]:
+        """Feed one log record to the monitor and report what it raises."""
+        alerts = self.monitor.update(step, metrics)
+        is_main = self.tracker is None or self.tracker.is_main
+        for alert in alerts:
+            self.alerts.append(alert)
+            if alert.severity == "fatal" and self.fatal is None:
+                self.fatal = alert
+            if is_main:
+                log.warning("health alert %s at step %d: %s", alert.name, alert.step, alert.message)
+            run = getattr(self.tracker, "run", None)
+            if run is not None:
+                run.alert(title=alert.name, text=f"step {alert.step}: {alert.message}",
+                          level=WANDB_LEVELS[alert.severity])
+        return alerts
+
+    def summary(self) -> dict[str, Any]:
+        """What the stage's summary.json records: every alert, and the fatal one that stopped training, if any."""
+        return {"alerts": [alert.to_dict() for alert in self.alerts],
+                "stopped_on_fatal": self.fatal.to_dict() if self.fatal else None}
+
+
+def health_callback(monitor: HealthMonitor, tracker: Any = None):
+    """A transformers TrainerCallback (and `HealthReporter`) that checks every trainer log.
+
+    It runs on every process, so on a fatal alert all of them stop together (the logged values are the same
+    everywhere); only the main process logs and sends alerts. On a fatal alert it sets
+    `control.should_training_stop`, and cancels this step's checkpoint and evaluation so nothing broken is written;
+    the caller checks `stopped_on_fatal` and skips its final save.
+    """
+    from transformers import TrainerCallback
+
+    class HealthCallback(TrainerCallback, HealthReporter):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if self.monitor.max_steps is None and state.max_steps > 0:
+                self.monitor.max_steps = state.max_steps
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                self.observe(state.global_step, logs)
+            if self.stopped_on_fatal:
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+
+    return HealthCallback(monitor, tracker)

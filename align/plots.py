@@ -1,0 +1,178 @@
+"""PNG plots that need no W&B: a run's metric curves (from metrics.jsonl) and `align eval`'s comparison charts.
+
+matplotlib runs on its Agg backend, so this works on machines without a display.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from align.health import as_number
+from align.tracking import read_metrics
+
+log = logging.getLogger(__name__)
+
+PLOTS_DIR = "plots"
+EVAL_PREFIX = "eval_"
+# Counters and timings, not training signals.
+BOOKKEEPING = {"step", "time", "epoch", "episode", "total_flos", "num_tokens", "num_input_tokens_seen", "train_loss"}
+BOOKKEEPING_SUFFIXES = ("_runtime", "_per_second")
+TOP_LEVEL_GROUPS = {"loss": "loss", "grad_norm": "optimizer", "learning_rate": "optimizer", "lr": "optimizer",
+                    "accuracy": "accuracy", "mean_token_accuracy": "accuracy", "entropy": "entropy"}
+COLUMNS = 3
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def group_of(metric: str) -> str:
+    """The PNG a metric goes in: its `group/` prefix (rewards, logps, objective, policy, val, ...), a named group for
+    top-level keys (loss, optimizer, accuracy, entropy), else "other". `metric` has no eval_ prefix."""
+    if "/" in metric:
+        return metric.split("/", 1)[0]
+    return TOP_LEVEL_GROUPS.get(metric, "other")
+
+
+def is_bookkeeping(key: str) -> bool:
+    return key in BOOKKEEPING or key.endswith(BOOKKEEPING_SUFFIXES)
+
+
+def curves(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{group: {metric: {"train" | "eval": [steps..., values...]}}} from metrics.jsonl records.
+
+    An `eval_x` key is the eval curve of metric `x`. Non-numeric values are skipped; NaN/inf ones are kept (and show
+    as gaps).
+    """
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for record in records:
+        step = as_number(record.get("step"))
+        if step is None:
+            continue
+        for key, raw in record.items():
+            value = as_number(raw)
+            if value is None or is_bookkeeping(key):
+                continue
+            split = "eval" if key.startswith(EVAL_PREFIX) else "train"
+            metric = key.removeprefix(EVAL_PREFIX)
+            series = out.setdefault(group_of(metric), {}).setdefault(metric, {}).setdefault(split, [[], []])
+            series[0].append(step)
+            series[1].append(value)
+    return out
+
+
+def plot_run(output_dir: str | Path) -> list[Path]:
+    """One PNG of curves per metric group in `<output_dir>/metrics.jsonl`, saved as `<output_dir>/plots/<group>.png`;
+    one panel per metric, train solid and eval dashed. Returns the files written (none without metrics)."""
+    output_dir = Path(output_dir)
+    grouped = curves(read_metrics(output_dir))
+    if not grouped:
+        log.info("%s: no metrics to plot", output_dir)
+        return []
+    plt = pyplot()
+    target = output_dir / PLOTS_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for group, metrics in sorted(grouped.items()):
+        fig, axes = panels(plt, len(metrics))
+        for ax, (metric, splits) in zip(axes, sorted(metrics.items())):
+            for split, (steps, values) in sorted(splits.items(), reverse=True):
+                style = {"linestyle": "--", "marker": "o", "markersize": 3} if split == "eval" else {}
+                ax.plot(steps, values, label=split, **style)
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if len(splits) > 1:
+                ax.legend(fontsize=7)
+        path = target / f"{safe_name(group)}.png"
+        save(plt, fig, path)
+        written.append(path)
+    log.info("wrote %d plots to %s", len(written), target)
+    return written
+
+
+def panels(plt, count: int):
+    """A figure with `count` axes in rows of up to COLUMNS (the spare ones hidden), and the used axes."""
+    columns = min(COLUMNS, count)
+    rows = math.ceil(count / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.0 * rows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for spare in axes[count:]:
+        spare.set_visible(False)
+    return fig, axes[:count]
+
+
+def save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+# (title, section, key) of the eval summary's bar charts.
+EVAL_BARS = (
+    ("win rate vs reference (95% CI)", "generation", "win_rate"),
+    ("KL to reference (nats/reply)", "generation", "kl"),
+    ("implicit reward accuracy", "pairs", "rewards/accuracies"),
+    ("reply length (tokens)", "generation", "length_mean"),
+    ("EOS rate", "generation", "eos_rate"),
+    ("repeated 4-gram rate", "generation", "repetition_rate"),
+)
+FRACTIONS = {"win_rate", "rewards/accuracies", "eos_rate", "repetition_rate"}
+
+
+def plot_eval(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """`align eval` charts: eval_summary.png (bars per model), eval_lengths.png (reply-length histograms) and, with
+    preference pairs, eval_margins.png (implicit-margin histograms). Returns the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = ([report["reference"]] if report["reference"] else []) + report["policies"]
+    plt = pyplot()
+    written = [eval_bars(plt, models, out_dir / "eval_summary.png")]
+    for key, title, name in (("length", "reply length (tokens)", "eval_lengths.png"),
+                             ("implicit_margin", "implicit reward margin", "eval_margins.png")):
+        shown = [m for m in models if m["per_sample"].get(key)]
+        if not shown:
+            continue
+        fig, (ax,) = panels(plt, 1)
+        ax.hist([m["per_sample"][key] for m in shown], bins=20, label=[m["name"] for m in shown],
+                histtype="step", linewidth=1.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("replies" if key == "length" else "pairs", fontsize=8)
+        ax.legend(fontsize=7)
+        save(plt, fig, out_dir / name)
+        written.append(out_dir / name)
+    return written
+
+
+def eval_bars(plt, models: list[dict[str, Any]], path: Path) -> Path:
+    """One bar chart per summary metric that some model has, a bar per model (win rate with its CI)."""
+    shown = [(title, section, key) for title, section, key in EVAL_BARS
+             if any(key in m.get(section, {}) for m in models)]
+    fig, axes = panels(plt, len(shown))
+    for ax, (title, section, key) in zip(axes, shown):
+        having = [m for m in models if key in m.get(section, {})]
+        values = [m[section][key] for m in having]
+        errors = None
+        if key == "win_rate":
+            errors = [[v - m[section]["win_rate_ci"][0] for v, m in zip(values, having)],
+                      [m[section]["win_rate_ci"][1] - v for v, m in zip(values, having)]]
+        ax.bar([m["name"] for m in having], values, yerr=errors, capsize=4)
+        if key in FRACTIONS:
+            ax.set_ylim(0.0, 1.05)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+    save(plt, fig, path)
+    return path

@@ -1,0 +1,142 @@
+"""Sampling replies on the tiny model: left-padded batches equal one-by-one generation, seeds reproduce, the caller's
+random state is untouched; statistics on constructed replies; completions.jsonl, W&B table and the callback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align import completions, models
+from align.completions import Generated
+from align.sections import ModelConfig
+
+PROMPTS = [
+    [{"role": "user", "content": "what is the capital of france?"}],
+    [{"role": "user", "content": "hello"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "write a short poem about the sea"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    return models.load_tokenizer(cfg), models.load_causal_lm(cfg)
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny):
+    tokenizer, model = tiny
+    batched = completions.generate(model, tokenizer, PROMPTS, max_new_tokens=6, temperature=0.0, batch_size=3)
+    single = completions.generate(model, tokenizer, PROMPTS, max_new_tokens=6, temperature=0.0, batch_size=1)
+    assert batched.responses == single.responses
+    assert len({len(ids) for ids in batched.prompt_ids}) > 1, "prompts of different lengths, so padding happened"
+
+
+def test_sampling_is_seeded_and_leaves_the_global_random_state_alone(tiny):
+    import torch
+
+    tokenizer, model = tiny
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    model.train()
+    first = completions.generate(model, tokenizer, PROMPTS, max_new_tokens=8, temperature=1.0, seed=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert model.training, "the caller's train/eval mode is restored"
+    model.eval()
+    again = completions.generate(model, tokenizer, PROMPTS, max_new_tokens=8, temperature=1.0, seed=7)
+    other = completions.generate(model, tokenizer, PROMPTS, max_new_tokens=8, temperature=1.0, seed=8)
+    assert first.responses == again.responses
+    assert first.responses != other.responses
+    assert all(tokenizer.pad_token_id not in response for response in first.responses)
+
+
+def test_replies_are_cut_after_the_first_eos(tiny):
+    import torch
+
+    tokenizer, model = tiny
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    word = tokenizer("paris", add_special_tokens=False)["input_ids"]
+    prompt_width = max(len(completions.prompt_ids(tokenizer, p)) for p in PROMPTS[:2])
+
+    def fake_generate(input_ids, attention_mask, generation_config):
+        assert input_ids.shape[1] == prompt_width
+        assert bool((attention_mask[:, 0] == 0).any()), "left padding: the shorter prompt starts with pads"
+        replies = [word + [eos, pad, pad], word + word + [eos, eos]]
+        width = max(map(len, replies))
+        return torch.cat((input_ids, torch.tensor([r + [pad] * (width - len(r)) for r in replies])), 1)
+
+    model.generate = fake_generate
+    try:
+        out = completions.generate(model, tokenizer, PROMPTS[:2], max_new_tokens=8)
+    finally:
+        del model.generate
+    assert out.responses == [word + [eos], word + word + [eos]]
+    assert out.has_eos == [True, True]
+    assert out.texts == ["paris", "parisparis"]
+
+
+def test_completion_stats_on_constructed_replies():
+    eos = 2
+    generated = Generated(prompt_ids=[[1], [1], [1], [1]],
+                          responses=[[5, 6, eos], [5, 6, 7, 8, 5, 6, 7, 8], [9, eos], [4, 4, 4, 4, 4]],
+                          has_eos=[True, False, True, False], texts=["", "", "", ""])
+    stats = completions.completion_stats(generated)
+    assert stats["length_mean"] == pytest.approx((3 + 8 + 2 + 5) / 4)
+    assert stats["eos_rate"] == 0.5
+    assert stats["repetition_rate"] == 0.5  # 5 6 7 8 repeats; 4 4 4 4 4 holds "4 4 4 4" twice (overlapping)
+
+
+@pytest.mark.parametrize("tokens, repeated", [([1, 2, 3, 4, 1, 2, 3, 4], True), ([1, 2, 3, 4, 1, 2, 3, 5], False),
+                                              ([7] * 5, True), ([7] * 4, False), ([], False)])
+def test_has_repeated_ngram(tokens, repeated):
+    assert completions.has_repeated_ngram(tokens) is repeated
+
+
+def test_sample_completions_rows(tiny):
+    tokenizer, model = tiny
+    rows = completions.sample_completions(model, tokenizer, PROMPTS, 5)
+    assert [row["prompt"] for row in rows] == [p[-1]["content"] for p in PROMPTS]
+    assert all(set(row) == {"prompt", "completion", "length", "eos", "repeated_ngram"} for row in rows)
+    assert all(1 <= row["length"] <= 5 for row in rows)
+
+
+def test_write_completions_appends_and_logs_a_wandb_table(tmp_path, monkeypatch):
+    from wandb_records import finished_run_file, summarize
+
+    from align.sections import TrackingConfig
+    from align.tracking import Tracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = Tracker(TrackingConfig(backend="wandb", mode="offline"), tmp_path, stage="sft", run_config={})
+    row = {"prompt": "hi", "completion": "hello", "length": 2, "eos": True, "repeated_ngram": False}
+    completions.write_completions(tmp_path, 1, [row], tracker)
+    path = completions.write_completions(tmp_path, 2, [row, row], tracker)
+    tracker.finish()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 2] and lines[0]["completion"] == "hello"
+    assert "completions/_type" in summarize(finished_run_file(tmp_path))["history"]
+
+
+def test_callback_samples_at_start_and_every_n_steps(tmp_path, tiny):
+    from transformers import TrainerControl, TrainerState
+
+    from align import health
+    from align.sections import TrackingConfig
+    from align.tracking import Tracker, read_metrics
+
+    tokenizer, model = tiny
+    tracker = Tracker(TrackingConfig(backend="none"), tmp_path, stage="sft", run_config={})
+    reporter = health.HealthReporter(health.HealthMonitor(), tracker)
+    callback = completions.completions_callback(PROMPTS[:2], 2, tokenizer=tokenizer, tracker=tracker,
+                                                max_new_tokens=4, health=reporter)
+    control = TrainerControl()
+    callback.on_train_begin(None, TrainerState(global_step=0), control, model=model)
+    for step in (1, 2, 3):
+        callback.on_step_end(None, TrainerState(global_step=step), control, model=model)
+    tracker.finish()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert steps == [0, 0, 2, 2]
+    logged = [m for m in read_metrics(tmp_path) if "completions/eos_rate" in m]
+    assert [m["step"] for m in logged] == [0, 2]
+    assert len(reporter.monitor.history["completions/length_mean"]) == 2, "the health rules see the samples"

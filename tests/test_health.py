@@ -1,0 +1,215 @@
+"""Health alerts: each rule fires on a metric stream showing its failure, once, and stays quiet on healthy runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from align import config, health
+from align.health import HealthConfig, HealthMonitor
+
+
+def run_stream(records: list[dict], max_steps: int | None = 100, **cfg) -> list[health.Alert]:
+    return health.check([{"step": step, **metrics} for step, metrics in enumerate(records, 1)],
+                        HealthConfig(**cfg), max_steps=max_steps)
+
+
+def names(alerts: list[health.Alert]) -> list[str]:
+    return [alert.name for alert in alerts]
+
+
+def healthy_dpo(steps: int = 40) -> list[dict]:
+    """Chosen log-probs drifting down a little, margins and accuracy rising slowly, finite losses."""
+    return [{"loss": 0.69 - 0.005 * i, "grad_norm": 1.0, "logps/chosen": -100.0 - 0.5 * i,
+             "logps/rejected": -100.0 - 2.0 * i, "rewards/margins": 0.02 * i,
+             "rewards/accuracies": min(0.5 + 0.01 * i, 0.9)} for i in range(steps)]
+
+
+def healthy_ppo(steps: int = 40) -> list[dict]:
+    return [{"loss/policy_avg": 0.1, "objective/kl": 0.1 * i, "objective/scores": 0.01 * i,
+             "tokens/response_len_mean": 30.0 + (i % 3), "val/frac_missing_eos": 0.1 + 0.05 * (i % 2)}
+            for i in range(steps)]
+
+
+def test_healthy_runs_raise_nothing():
+    assert run_stream(healthy_dpo()) == []
+    assert run_stream(healthy_ppo()) == []
+    sampled = [{"completions/length_mean": 20.0 + (i % 4), "completions/eos_rate": 0.9 - 0.05 * (i % 2)}
+               for i in range(20)]
+    assert run_stream(sampled) == []
+
+
+def test_chosen_logps_collapse_needs_falling_chosen_and_rising_margins():
+    collapsing = [{"logps/chosen": -100.0 - 10 * i, "rewards/margins": 0.1 * i} for i in range(12)]
+    alerts = run_stream(collapsing)
+    assert names(alerts) == ["chosen_logps_collapse"]
+    assert alerts[0].severity == "warning" and "logps/chosen" in alerts[0].message
+    # The same fall while the margin shrinks is another story (everything is unlearning), not this rule.
+    shrinking = [{"logps/chosen": -100.0 - 10 * i, "rewards/margins": -0.1 * i} for i in range(12)]
+    assert run_stream(shrinking) == []
+
+
+def test_eval_chosen_logps_are_watched_too():
+    collapsing = [{"eval_logps/chosen": -50.0 - 10 * i, "eval_rewards/margins": 0.1 * i} for i in range(8)]
+    assert names(run_stream(collapsing)) == ["chosen_logps_collapse"]
+
+
+def test_perfect_accuracy_early_fires_but_late_does_not():
+    early = [{"rewards/accuracies": 1.0} for _ in range(5)]
+    alerts = run_stream(early, max_steps=100)
+    assert names(alerts) == ["early_perfect_accuracy"] and alerts[0].step == 3
+    late = [{"rewards/accuracies": 0.6} for _ in range(30)] + [{"rewards/accuracies": 1.0} for _ in range(5)]
+    assert run_stream(late, max_steps=100) == []
+    assert run_stream(early, max_steps=None) == [], "unknown run length: the rule cannot say 'early'"
+    one_lucky_batch = [{"rewards/accuracies": a} for a in (1.0, 0.5, 1.0, 0.75, 1.0)]
+    assert run_stream(one_lucky_batch) == []
+
+
+@pytest.mark.parametrize("key", ["tokens/response_len_mean", "completions/length_mean"])
+def test_length_runaway(key):
+    growing = [{key: 20.0 * (1.3 ** i)} for i in range(10)]
+    alerts = run_stream(growing)
+    assert names(alerts) == ["length_runaway"] and key in alerts[0].message
+    assert run_stream(growing, length_growth=100.0) == []
+
+
+def test_eos_rate_drop_from_sampled_completions_and_from_ppo():
+    falling = [{"completions/eos_rate": max(0.9 - 0.15 * i, 0.0)} for i in range(8)]
+    assert names(run_stream(falling)) == ["eos_rate_drop"]
+    ppo = [{"val/frac_missing_eos": min(0.1 + 0.15 * i, 1.0)} for i in range(8)]
+    assert names(run_stream(ppo)) == ["eos_rate_drop"]
+
+
+def test_kl_blowup_by_level_and_by_jump():
+    level = [{"objective/kl": 25.0} for _ in range(3)]
+    alerts = run_stream(level)
+    assert names(alerts) == ["kl_blowup"] and "limit 20" in alerts[0].message
+    jump = [{"objective/kl": 1.0} for _ in range(5)] + [{"objective/kl": 9.0}]
+    alerts = run_stream(jump)
+    assert names(alerts) == ["kl_blowup"] and alerts[0].step == 6 and "jumped" in alerts[0].message
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "nan", "-inf"])
+def test_non_finite_loss_is_fatal(bad):
+    stream = healthy_dpo(5) + [{"loss": bad, "grad_norm": 1.0}]
+    alerts = run_stream(stream)
+    assert names(alerts) == ["non_finite_loss"]
+    assert alerts[0].severity == "fatal" and alerts[0].step == 6
+
+
+def test_nan_grad_norm_is_fatal_and_other_nans_are_not():
+    assert names(run_stream([{"loss": 0.5, "grad_norm": float("nan")}])) == ["non_finite_loss"]
+    assert run_stream([{"loss": 0.5, "rewards/margins": float("nan")}]) == []
+
+
+def test_each_rule_fires_once():
+    stream = [{"objective/kl": 30.0, "loss": float("nan")} for _ in range(6)]
+    assert sorted(names(run_stream(stream))) == ["kl_blowup", "non_finite_loss"]
+
+
+def test_disabled_config_raises_nothing():
+    assert run_stream([{"loss": float("nan")}], enabled=False) == []
+
+
+def test_check_reads_metrics_jsonl_as_the_tracker_writes_it(tmp_path):
+    from align.sections import TrackingConfig
+    from align.tracking import Tracker, read_metrics
+
+    tracker = Tracker(TrackingConfig(backend="none"), tmp_path, stage="dpo", run_config={})
+    tracker.log({"loss": 0.7}, step=1)
+    tracker.log({"loss": float("nan")}, step=2)  # stored as the string "nan"
+    tracker.finish()
+    alerts = health.check(read_metrics(tmp_path))
+    assert [(a.name, a.step, a.severity) for a in alerts] == [("non_finite_loss", 2, "fatal")]
+
+
+def test_config_loads_with_overrides_and_reports_bad_values():
+    cfg = config.load_config(HealthConfig, overrides=["kl_max=8", "window=2"])
+    assert cfg.kl_max == 8.0 and cfg.window == 2
+    with pytest.raises(config.ConfigError, match="length_growth: must be > 1.*eos_rate_drop|eos_rate_drop.*length"):
+        config.load_config(HealthConfig, overrides=["length_growth=0.5", "eos_rate_drop=2"])
+
+
+def make_state(step: int, max_steps: int = 100):
+    from transformers import TrainerState
+
+    return TrainerState(global_step=step, max_steps=max_steps)
+
+
+def test_callback_stops_training_on_nan_and_flags_the_stage():
+    from transformers import TrainerControl
+
+    callback = health.health_callback(HealthMonitor(), tracker=None)
+    control = TrainerControl()
+    callback.on_train_begin(None, make_state(0, max_steps=50), control)
+    assert callback.monitor.max_steps == 50
+    callback.on_log(None, make_state(1), control, logs={"loss": 0.7, "grad_norm": 1.0})
+    assert not control.should_training_stop and not callback.stopped_on_fatal
+    control.should_save = True  # this step was due a checkpoint
+    callback.on_log(None, make_state(2), control, logs={"loss": float("nan"), "grad_norm": float("nan")})
+    assert control.should_training_stop
+    assert not control.should_save, "the broken weights must not become a checkpoint"
+    assert callback.stopped_on_fatal
+    summary = callback.summary()
+    assert summary["stopped_on_fatal"]["name"] == "non_finite_loss" and summary["stopped_on_fatal"]["step"] == 2
+    assert [a["name"] for a in summary["alerts"]] == ["non_finite_loss"]
+
+
+def test_warnings_are_logged_and_do_not_stop_training(caplog):
+    from transformers import TrainerControl
+
+    callback = health.health_callback(HealthMonitor(), tracker=None)
+    control = TrainerControl()
+    with caplog.at_level("WARNING", logger="align.health"):
+        for step in range(1, 4):
+            callback.on_log(None, make_state(step), control, logs={"objective/kl": 50.0})
+    assert not control.should_training_stop and not callback.stopped_on_fatal
+    assert [a.name for a in callback.alerts] == ["kl_blowup"]
+    assert "health alert kl_blowup at step 3" in caplog.text
+
+
+def test_alert_reaches_an_offline_wandb_run(tmp_path, monkeypatch):
+    from wandb_records import finished_run_file, summarize
+
+    from align.sections import TrackingConfig
+    from align.tracking import Tracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = Tracker(TrackingConfig(backend="wandb", mode="offline"), tmp_path, stage="dpo", run_config={})
+    reporter = health.HealthReporter(HealthMonitor(), tracker)
+    tracker.log({"loss": float("nan")}, step=1)
+    alerts = reporter.observe(1, {"loss": float("nan")})
+    assert [a.severity for a in alerts] == ["fatal"]
+    tracker.finish()
+    assert summarize(finished_run_file(tmp_path))["alerts"] == ["non_finite_loss"]
+
+
+def test_as_number():
+    assert health.as_number(3) == 3.0 and health.as_number(True) is None and health.as_number("abc") is None
+    assert math.isnan(health.as_number("nan")) and health.as_number("-inf") == float("-inf")
+
+
+
+def test_nan_stops_a_real_trainer_without_checkpointing_the_broken_weights(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [5, 6, 7, 8, 9, 10]} for _ in range(24)]
+
+    class BreakWeightsAfterStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.lm_head.weight.fill_(float("nan"))
+
+    guard = health.health_callback(HealthMonitor(), tracker=None)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=2, logging_steps=1,
+                             save_steps=1, save_total_limit=10, report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[guard, BreakWeightsAfterStep2()])
+    trainer.train()
+    assert trainer.state.global_step == 3, "stopped at the first NaN loss, not at max_steps"
+    assert guard.stopped_on_fatal and guard.fatal.step == 3
+    assert (tmp_path / "checkpoint-2").is_dir()
+    assert not (tmp_path / "checkpoint-3").exists(), "the NaN weights were not checkpointed"
