@@ -36,6 +36,24 @@ def _stage_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from align import pipeline, runner
+
+    _quiet_libraries()
+    cfg = pipeline.load(args.config, args.overrides)
+    results = pipeline.run(cfg, from_stage=args.from_stage, force=args.force)
+    if not runner.is_main_process():
+        return 0
+    for result in results:
+        if "skipped" in result.notes:
+            print(f"{result.stage}: finished earlier, skipped -> {result.output_dir}")
+            continue
+        print(result.summary_line())
+        if "wandb_sync" in result.notes:
+            print(f"W&B run saved offline; upload it with: {result.notes['wandb_sync']}")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from align import config, sweep
 
@@ -100,6 +118,44 @@ def _data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from align import evaluation
+
+    _quiet_libraries()
+    cfg = evaluation.EvalConfig(
+        policy=args.policy, data=args.data, reference=args.reference, judge=args.judge, out=args.out,
+        max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, seed=args.seed,
+        temperature=args.temperature, beta=args.beta, kl_estimator=args.kl_estimator, batch_size=args.batch_size,
+        num_threads=args.num_threads,
+    )
+    result = evaluation.run(cfg)
+    print(result.markdown)
+    print(f"wrote {', '.join(path.name for path in result.files)} to {result.files[0].parent}")
+    return 0
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="compare a policy (or a pipeline run's stages) with its reference: win rate, KL, "
+                       "implicit DPO reward accuracy, length, EOS and repetition",
+                       description="Evaluate a policy against its reference on a data file; writes eval.json, eval.md, "
+                       "samples.jsonl and PNG plots. See docs/evaluation.md.")
+    p.add_argument("--policy", required=True, help="policy checkpoint dir, or a pipeline run dir (compares its stages)")
+    p.add_argument("--data", required=True, help="data file: preference pairs (also give prompts) or any prompt source")
+    p.add_argument("--reference", help="reference policy dir (needed for pairs, KL and win rate; pipeline: its "
+                   "first stage)")
+    p.add_argument("--judge", help="reward:DIR (reward model) or rule:module:function (fn(prompts, completions))")
+    p.add_argument("--out", help="output dir (default: <policy>/eval)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit (default 128)")
+    p.add_argument("--num-samples", type=int, default=100, help="evaluate the first N rows (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and the bootstrap (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1.0)")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO beta for the implicit rewards (default 0.1)")
+    p.add_argument("--kl-estimator", choices=["k1", "k3"], default="k3", help="per-token KL estimator (default k3)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward / generate call (default 8)")
+    p.add_argument("--num-threads", type=int, default=0, help="CPU threads for torch (default 0: one per core)")
+    p.set_defaults(func=_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description="Staged preference alignment: SFT, reward model, "
                                      "DPO, PPO, on transformers + trl + peft + accelerate.")
@@ -113,11 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.max_steps=10")
         p.set_defaults(func=_stage_command)
 
+    p = sub.add_parser("pipeline", help="run stages in order, each stage's output feeding the next (sft -> dpo, ...)",
+                       description="Run a staged pipeline; see align/pipeline.py for the wiring and re-run rules.")
+    p.add_argument("--config", required=True, help="pipeline YAML (stage: pipeline)")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every stage after it")
+    p.add_argument("--force", action="store_true", help="rerun every stage, finished or not")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides; prefix a stage name to reach a stage, e.g. dpo.beta=0.2")
+    p.set_defaults(func=_pipeline)
+
     p = sub.add_parser("sweep", help="run a stage or pipeline over a grid / random search of overrides",
                        description="Run trials of a stage or pipeline config; see align/sweep.py.")
     p.add_argument("--config", required=True, help="sweep YAML (stage: sweep)")
     p.add_argument("--shard", default="0/1", help="run every n-th trial starting at i, as i/n (one process per GPU)")
     p.set_defaults(func=_sweep)
+
+    _add_eval_parser(sub)
 
     p = sub.add_parser("validate", help="load and check every YAML config found (recursively); trains nothing")
     p.add_argument("paths", nargs="+", help="YAML files or directories")

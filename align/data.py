@@ -43,18 +43,21 @@ def load(cfg: DataConfig, kind: str) -> StageData:
 
 def tokenize_all(rows: list[dict], tokenize: Callable[[dict], dict], *, max_length: int, drop_long: bool,
                  dropped: Counter, split: str) -> list[dict]:
-    """Tokenize rows, truncating (or, with drop_long, dropping) those over max_length; every drop is counted."""
+    """Tokenize rows, truncating (or, with drop_long, dropping) those over max_length; every drop is counted.
+
+    A row's length is its longest token list: `input_ids`, or the longer of a pair's `chosen_ids` / `rejected_ids`.
+    """
     out = []
     truncated = 0
     for row in rows:
         enc = tokenize(row)
-        if len(enc["input_ids"]) > max_length:
+        if max(len(ids) for ids in enc.values()) > max_length:
             if drop_long:
                 dropped[f"{split}: longer than train.max_length={max_length}"] += 1
                 continue
             truncated += 1
             enc = {k: v[:max_length] for k, v in enc.items()}
-        if all(label == -100 for label in enc["labels"]):
+        if "labels" in enc and all(label == -100 for label in enc["labels"]):
             dropped[f"{split}: no trained tokens left within train.max_length={max_length}"] += 1
             continue
         out.append(enc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -12,6 +13,8 @@ from align.errors import ModelError
 from align.sections import LoraConfig, ModelConfig
 
 log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def configure_threads(num_threads: int) -> int:
@@ -143,11 +146,51 @@ def _four_bit_config(compute_dtype: Any):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
+def adapter_base(path: str | Path) -> str | None:
+    """The base model a peft adapter dir was trained on (from its adapter_config.json); None for a full checkpoint."""
+    file = Path(path) / ADAPTER_CONFIG
+    if not file.is_file():
+        return None
+    base = json.loads(file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{path}: {ADAPTER_CONFIG} names no base_model_name_or_path, so its base model is unknown")
+    return base
+
+
+def merge_adapter(model, adapter_dir: str | Path):
+    """`model` with the LoRA adapter in `adapter_dir` merged into its weights (a plain transformers model)."""
+    import peft
+
+    log.info("merging the LoRA adapter in %s into its base weights", adapter_dir)
+    adapter = peft.PeftConfig.from_pretrained(str(adapter_dir))
+    if adapter.task_type == "CAUSAL_LM" and not model.can_generate():
+        adapter.task_type = None  # an sft adapter on a reward or value model's body: no generation wrapper
+    merged = peft.PeftModel.from_pretrained(model, str(adapter_dir), config=adapter).merge_and_unload()
+    merged.requires_grad_(True)  # peft froze the base weights; a loaded model is trainable like any other
+    # An adapter trained on top of this model then names `adapter_dir` as its base, and loads back through here.
+    merged.name_or_path = str(Path(adapter_dir).resolve())
+    return merged
+
+
+def _load_base_and_merge(loader, cfg: ModelConfig, path: str, **kwargs):
+    """Load an adapter dir as its base with the adapter merged (the base may itself be an adapter dir)."""
+    if cfg.lora.quantize_4bit:
+        raise ModelError(f"{path} is a LoRA adapter; QLoRA cannot merge it into 4-bit weights. Save it merged "
+                         "(save_merged: true) and start from the merged dir")
+    base = loader(cfg, resolve_path(adapter_base(path)), **kwargs)
+    return merge_adapter(base, path)
+
+
 def load_causal_lm(cfg: ModelConfig, path: str | None = None):
-    """The policy/causal LM, with dropout as configured by the checkpoint (stages decide whether to disable it)."""
+    """The policy/causal LM, with dropout as configured by the checkpoint (stages decide whether to disable it).
+
+    A LoRA adapter dir (an SFT output with LoRA) loads as its base model with the adapter merged.
+    """
     from transformers import AutoModelForCausalLM
 
     path = path or resolve_path(cfg.name_or_path)
+    if adapter_base(path) is not None:
+        return _load_base_and_merge(load_causal_lm, cfg, path)
     model = _loading("model", cfg.name_or_path, AutoModelForCausalLM.from_pretrained, path, **_model_kwargs(cfg))
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
@@ -155,10 +198,15 @@ def load_causal_lm(cfg: ModelConfig, path: str | None = None):
 
 
 def load_sequence_classifier(cfg: ModelConfig, path: str | None = None, pad_token_id: int | None = None):
-    """A one-label sequence classifier (reward or value model); a causal-LM checkpoint gets a fresh score head."""
+    """A one-label sequence classifier (reward or value model); a causal-LM checkpoint gets a fresh score head.
+
+    A LoRA adapter dir loads as its base with the adapter (and, for a reward model's adapter, its score head) merged.
+    """
     from transformers import AutoModelForSequenceClassification
 
     path = path or resolve_path(cfg.name_or_path)
+    if adapter_base(path) is not None:
+        return _load_base_and_merge(load_sequence_classifier, cfg, path, pad_token_id=pad_token_id)
     model = _loading("model", cfg.name_or_path, AutoModelForSequenceClassification.from_pretrained, path,
                      num_labels=1, **_model_kwargs(cfg))
     if pad_token_id is not None:

@@ -40,7 +40,8 @@ class StageResult:
 
 
 _SUMMARY_KEYS = ("steps", "train_loss", "eval_loss", "eval_accuracy", "eval_rewards/accuracies",
-                 "eval_rewards/margins", "train_runtime_s", "tokens_per_s")
+                 "eval_rewards/margins", "train_runtime_s", "tokens_per_s", "s_per_update", "objective/scores_first",
+                 "objective/scores", "objective/kl")
 
 
 def _fmt(value: Any) -> str:
@@ -194,6 +195,15 @@ def training_arguments(train: TrainConfig, model: ModelConfig, *, has_eval: bool
     }
 
 
+def pair_eval_batch_size(pairs: int, batch_size: int) -> int:
+    """The largest eval batch size <= batch_size that splits `pairs` into equal batches.
+
+    TRL's reward and DPO trainers log the mean of per-batch accuracies; with equal batches that mean is the exact
+    accuracy over every eval pair (on one process).
+    """
+    return max(size for size in range(1, batch_size + 1) if pairs % size == 0) if pairs else batch_size
+
+
 @dataclass
 class Controls:
     """Training controls shared by the TRL stages: freezing schedule and early stopping."""
@@ -264,3 +274,54 @@ def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: 
             (Path(best) / "BEST").write_text(f"{trainer.args.metric_for_best_model} = {trainer.state.best_metric}\n")
         (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return StageResult(stage=stage, output_dir=out, metrics=metrics)
+
+
+@dataclass
+class TrainerBuild:
+    """What a TRL-trainer stage's `build()` returns to `run_trainer_stage`."""
+
+    trainer: Any
+    tokenizer: Any
+    stage_data: Any
+    controls: Controls
+    summary: dict[str, Any] = field(default_factory=dict)
+    """Stage-specific entries for summary.json (e.g. what the reference model is)."""
+
+
+def run_trainer_stage(cfg: Any, stage: str, build: Callable[[Any, Any], TrainerBuild]) -> StageResult:
+    """`run()` of a stage on a TRL trainer: output-dir rules, config.yaml, tracking, training, the final save (model
+    or adapter, tokenizer, with `cfg.save_merged` a merged copy) and summary.json."""
+    from align import config
+    from align.tracking import Tracker
+
+    out = Path(cfg.train.output_dir)
+    resume_from = prepare_output_dir(cfg.train)
+    is_main = is_main_process()
+    if is_main:
+        config.save_config(cfg, out)
+    tracker = Tracker(cfg.tracking, out, stage=stage, run_config=config.to_dict(cfg), is_main=is_main)
+    try:
+        built = build(cfg, tracker)
+        trainer = built.trainer
+
+        def save(path: Path) -> None:
+            trainer.save_model(str(path))
+            if is_main:
+                built.tokenizer.save_pretrained(path)
+                if cfg.save_merged:
+                    models.save_merged(trainer.model, built.tokenizer, path / "merged")
+
+        trainable, total = models.count_parameters(trainer.model)
+        result = train_and_save(
+            trainer, stage=stage, output_dir=out, resume_from=resume_from,
+            has_eval=trainer.eval_dataset is not None, save=save,
+            extra_summary={"data": built.stage_data.report, "dropped": dict(built.stage_data.dropped),
+                           "parameters": {"trainable": trainable, "total": total},
+                           "lora": cfg.model.lora.enabled, **built.summary},
+            stage_controls=built.controls,
+        )
+        tracker.summary(result.metrics)
+    finally:
+        notes = tracker.finish()
+    result.notes.update(notes)
+    return result

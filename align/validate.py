@@ -25,13 +25,18 @@ def validate_file(path: Path) -> None:
         from align import sweep
 
         config.load_config(sweep.SweepConfig, path)
+    elif raw.get("stage") == "pipeline":
+        from align import pipeline
+
+        pipeline.load(path)
     elif "stage" in raw:
         stages.load(str(raw["stage"]), path)
     elif "compute_environment" in raw or "distributed_type" in raw:
         _validate_accelerate(path)
     else:
         raise config.ConfigError(
-            f"cannot tell what this file configures: add `stage: <{'|'.join(stages.STAGES)}>` at the top"
+            f"cannot tell what this file configures: add `stage: <{'|'.join([*stages.STAGES, 'pipeline', 'sweep'])}>` "
+            "at the top"
         )
 
 

@@ -1,0 +1,213 @@
+"""DPO stage: optimise the policy on preference pairs against a frozen reference through trl.DPOTrainer.
+
+Paper: https://huggingface.co/papers/2305.18290. The reference is the starting policy unless `reference` names one:
+a frozen copy loaded here, or with LoRA the policy itself with its adapter disabled (no second model in memory).
+Starting from an sft LoRA adapter dir, `sft_adapter` chooses between merging it and training it further:
+- merge: base + sft adapter merged in memory; then full fine-tuning, or with model.lora.enabled a fresh DPO adapter
+  whose base is recorded as the sft dir (so the output loads back as base + sft + dpo); reference = the merged model.
+- continue: the sft adapter itself keeps training (its own rank and targets); reference = a frozen merged copy.
+Pairs whose prompt alone fills train.max_length have no reply token left to train on; TRL drops them without a
+count, we drop them first and count them in summary.json.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from align import data, models, runner
+from align.errors import ConfigError, ModelError
+from align.runner import StageResult
+from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+# The losses trl.DPOTrainer 1.16 implements (its loss dispatch has no public list to import).
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+@dataclass(kw_only=True)
+class DPOConfig:
+    stage: Literal["dpo"] = "dpo"
+    """Names the stage this file configures, so `align validate` and the other stages can tell."""
+    model: ModelConfig
+    """The starting policy, usually the sft stage's output; also the frozen reference unless `reference` is set."""
+    reference: str | None = None
+    """An explicit frozen reference (alias, dir or hub id; a LoRA adapter dir is merged). null: the starting policy."""
+    sft_adapter: Literal["merge", "continue"] = "merge"
+    """When model.name_or_path is a LoRA adapter dir. merge: merge it into its base, then train all weights or (with
+    model.lora.enabled) a fresh DPO adapter. continue: keep training that adapter (leave model.lora.enabled=false)."""
+    data: DataConfig
+    train: TrainConfig
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    beta: float = 0.1
+    """Pull toward the reference: higher stays closer (typical 0.01-0.5); the regulariser tau for ipo."""
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    """One or more of TRL's DPO losses (sigmoid is the paper's); several are summed with loss_weights."""
+    loss_weights: list[float] | None = None
+    """A weight per loss_type (null: 1.0 each)."""
+    label_smoothing: float = 0.0
+    """Assumed probability that a preference label is flipped: conservative DPO (sigmoid), robust ([0, 0.5)),
+    exo_pair (> 0; the paper uses 1e-3)."""
+    precompute_ref_log_probs: bool = False
+    """Compute the reference log-probs of every pair once, before training, so no reference stays in memory."""
+    save_merged: bool = False
+    """With LoRA: also save the policy merged into its base weights under <output_dir>/merged."""
+    trainer_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra trl.DPOConfig fields we do not expose, checked against that class; for experts."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.beta <= 0:
+            problems.append(f"beta: must be > 0, got {self.beta}")
+        if not self.loss_type:
+            problems.append("loss_type: name at least one loss, e.g. [sigmoid]")
+        for i, name in enumerate(self.loss_type):
+            if name not in LOSS_TYPES:
+                close = difflib.get_close_matches(name, LOSS_TYPES, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else f" Losses: {', '.join(LOSS_TYPES)}."
+                problems.append(f"loss_type[{i}]: unknown DPO loss {name!r}.{hint}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            problems.append(f"loss_weights: needs one weight per loss_type ({len(self.loss_type)}), "
+                            f"got {len(self.loss_weights)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if "robust" in self.loss_type and self.label_smoothing >= 0.5:
+            problems.append(f"label_smoothing: the robust loss needs it in [0, 0.5), got {self.label_smoothing}")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0.0:
+            problems.append("label_smoothing: the exo_pair loss needs it > 0 (the paper uses 1e-3)")
+        if self.sft_adapter == "continue" and (self.model.lora.enabled or self.model.freeze.active()):
+            problems.append("sft_adapter: continue trains the sft adapter with the rank and targets it was trained "
+                            "with; leave model.lora.enabled=false and model.freeze unset")
+        if self.save_merged and not (self.model.lora.enabled or self.sft_adapter == "continue"):
+            problems.append("save_merged: only applies when training an adapter (model.lora.enabled=true)")
+        problems += runner.check_trainer_overrides(
+            self.trainer_overrides, "DPOConfig",
+            {**runner.OWNED_ARGUMENTS, **{k: k for k in ("beta", "loss_type", "loss_weights", "label_smoothing",
+                                                       "precompute_ref_log_probs")}},
+        )
+        return problems
+
+
+def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
+    """Load tokenizer, pairs, policy and reference and return a ready trainer. Trains nothing."""
+    import datasets
+    import trl
+
+    models.configure_threads(cfg.train.num_threads)
+    model_path = models.resolve_path(cfg.model.name_or_path)
+    tokenizer = models.load_tokenizer(cfg.model, model_path)
+
+    stage_data = data.load(cfg.data, "preference")
+    train_rows = _fit(stage_data.train, tokenizer, cfg, stage_data.dropped, "train")
+    eval_rows = _fit(stage_data.eval, tokenizer, cfg, stage_data.dropped, "eval")
+    if not train_rows:
+        raise ConfigError(f"data.train: no usable pairs after formatting and length limits "
+                          f"({dict(stage_data.dropped)})")
+
+    policy, reference, described = _load_models(cfg, model_path, tokenizer)
+    has_eval = bool(eval_rows)
+    stage_controls = runner.controls(cfg.model, cfg.train, policy, tracker)
+    arguments = runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
+                                          default_metric="eval_rewards/accuracies")
+    arguments["per_device_eval_batch_size"] = runner.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
+    args = trl.DPOConfig(
+        **arguments,
+        max_length=cfg.train.max_length,
+        beta=cfg.beta,
+        loss_type=list(cfg.loss_type),
+        loss_weights=cfg.loss_weights,
+        label_smoothing=cfg.label_smoothing,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        **cfg.trainer_overrides,
+    )
+    trainer = trl.DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora),
+        callbacks=stage_controls.callbacks,
+    )
+    trainable, total = models.count_parameters(trainer.model)
+    log.info("dpo: %s, %d train / %d eval pairs, %s of %s parameters trainable; reference: %s",
+             cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}", described)
+    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls,
+                               summary={"reference": described})
+
+
+def run(cfg: DPOConfig) -> StageResult:
+    return runner.run_trainer_stage(cfg, "dpo", build)
+
+
+def _fit(rows: list[dict], tokenizer, cfg: DPOConfig, dropped: Counter, split: str) -> list[dict]:
+    """The pairs that keep reply tokens within train.max_length, counting the others (TRL tokenizes them again)."""
+    max_length, kept, truncated = cfg.train.max_length, [], 0
+    for row in rows:
+        template = {"tools": row.get("tools"), "tokenize": True, "return_dict": True}
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, **template)["input_ids"]
+        if len(prompt) >= max_length:
+            dropped[f"{split}: prompt alone fills train.max_length={max_length}"] += 1
+            continue
+        longest = max(len(tokenizer.apply_chat_template(row["prompt"] + row[side], **template)["input_ids"])
+                      for side in ("chosen", "rejected"))
+        if longest > max_length:
+            if cfg.data.drop_long:
+                dropped[f"{split}: longer than train.max_length={max_length}"] += 1
+                continue
+            truncated += 1
+        kept.append(row)
+    if truncated:
+        log.info("%s: %d of %d pairs will be cut to %d tokens (their replies' ends are not trained)", split,
+                 truncated, len(rows), max_length)
+    for reason, count in dropped.items():
+        if reason.startswith(split):
+            log.warning("dropped %d pairs (%s)", count, reason)
+    return kept
+
+
+def _load_models(cfg: DPOConfig, model_path: str, tokenizer) -> tuple[Any, Any, str]:
+    """(policy, frozen reference or None for TRL to derive, what the reference is)."""
+    adapter_base = models.adapter_base(model_path)
+    if cfg.sft_adapter == "continue":
+        if adapter_base is None:
+            raise ConfigError(f"sft_adapter: continue needs model.name_or_path to be a LoRA adapter dir; "
+                              f"{cfg.model.name_or_path!r} is a full checkpoint")
+        import peft
+
+        base = models.load_causal_lm(cfg.model, models.resolve_path(adapter_base))
+        policy = peft.PeftModel.from_pretrained(base, model_path, is_trainable=True)
+    else:
+        policy = models.load_causal_lm(cfg.model, model_path)  # an adapter dir comes back merged
+
+    starting = f"the starting policy {cfg.model.name_or_path}" + (" (merged)" if adapter_base else "")
+    if cfg.reference is not None:
+        reference_cfg = replace(cfg.model, name_or_path=cfg.reference, revision=None, chat_template=None,
+                                gradient_checkpointing=False, lora=LoraConfig())
+        reference = _frozen(models.load_causal_lm(reference_cfg))
+        _check_same_vocabulary(reference_cfg, tokenizer, cfg.model.name_or_path)
+        return policy, reference, f"frozen {cfg.reference}"
+    if cfg.precompute_ref_log_probs:
+        return policy, None, f"log-probs of {starting}, precomputed before training"
+    if cfg.model.lora.enabled:
+        return policy, None, f"{starting}: the policy with its LoRA adapter disabled"
+    reference_cfg = replace(cfg.model, gradient_checkpointing=False, lora=LoraConfig())
+    return policy, _frozen(models.load_causal_lm(reference_cfg, model_path)), f"frozen copy of {starting}"
+
+
+def _frozen(model):
+    return model.requires_grad_(False).eval()
+
+
+def _check_same_vocabulary(reference_cfg: ModelConfig, tokenizer, policy_name: str) -> None:
+    """The reference reads the policy's token ids, so the two must share a vocabulary."""
+    if models.load_tokenizer(reference_cfg).get_vocab() != tokenizer.get_vocab():
+        raise ModelError(f"reference: {reference_cfg.name_or_path!r} has a different vocabulary from the policy "
+                         f"{policy_name!r}; DPO scores the policy's token ids with it unchanged")

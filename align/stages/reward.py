@@ -1,0 +1,111 @@
+"""Reward stage: a one-output sequence classifier trained on preference pairs through trl.RewardTrainer.
+
+Loss: -log sigmoid(r_chosen - r_rejected) (Bradley-Terry, as in InstructGPT https://huggingface.co/papers/2203.02155),
+plus center_rewards_coefficient * mean((r_chosen + r_rejected)^2) when set (https://huggingface.co/papers/2312.09244).
+Each sequence is the chat template of prompt + reply cut right after the reply's EOS token, and padding uses another
+token, so the score is read at that EOS token, where the PPO stage reads it. A pair longer than train.max_length is
+dropped and counted whatever data.drop_long says: a reply cut short has no EOS to score (TRL would drop it uncounted).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from align import chat, data, models, runner
+from align.errors import ConfigError
+from align.runner import StageResult
+from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class RewardConfig:
+    stage: Literal["reward"] = "reward"
+    """Names the stage this file configures, so `align validate` and the other stages can tell."""
+    model: ModelConfig
+    """Initial weights: a base model or the sft stage's output (a LoRA adapter dir is merged first). A causal LM
+    gets a fresh one-output score head."""
+    data: DataConfig
+    """Preference pairs; the eval pairs (data.eval or data.eval_fraction) give eval_accuracy."""
+    train: TrainConfig
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    center_rewards_coefficient: float | None = None
+    """Add coefficient x mean((r_chosen + r_rejected)^2) to the loss so rewards centre on 0 (the paper uses 0.01);
+    null: off."""
+    save_merged: bool = False
+    """With LoRA: also save the adapter merged into the base weights under <output_dir>/merged."""
+    trainer_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra trl.RewardConfig fields we do not expose, checked against that class; for experts."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.save_merged and not self.model.lora.enabled:
+            problems.append("save_merged: only applies with model.lora.enabled=true")
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient <= 0:
+            problems.append(f"center_rewards_coefficient: must be > 0 or null, got {self.center_rewards_coefficient}")
+        problems += runner.check_trainer_overrides(
+            self.trainer_overrides, "RewardConfig",
+            {**runner.OWNED_ARGUMENTS, "center_rewards_coefficient": "center_rewards_coefficient"},
+        )
+        return problems
+
+
+def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
+    """Load tokenizer, pairs and model and return a ready trainer. Trains nothing."""
+    import datasets
+    import transformers
+    import trl
+
+    models.configure_threads(cfg.train.num_threads)
+    model_path = models.resolve_path(cfg.model.name_or_path)
+    tokenizer = models.load_tokenizer(cfg.model, model_path)
+
+    stage_data = data.load(cfg.data, "preference")
+    dropped: Counter = Counter()
+
+    def tokenize(row: dict) -> dict:
+        return {f"{side}_ids": tokenizer(chat.reward_text(tokenizer, row["prompt"], row[side], tools=row.get("tools")),
+                                         add_special_tokens=False)["input_ids"] for side in ("chosen", "rejected")}
+
+    limits = dict(max_length=cfg.train.max_length, drop_long=True, dropped=dropped)
+    train_rows = data.tokenize_all(stage_data.train, tokenize, split="train", **limits)
+    eval_rows = data.tokenize_all(stage_data.eval, tokenize, split="eval", **limits)
+    stage_data.dropped = dropped
+    if not train_rows:
+        raise ConfigError(f"data.train: no usable pairs after formatting and length limits ({dict(dropped)})")
+
+    transformers.set_seed(cfg.train.seed)  # a fresh score head initialises from the global generator
+    model = models.load_sequence_classifier(cfg.model, model_path, pad_token_id=tokenizer.pad_token_id)
+    has_eval = bool(eval_rows)
+    stage_controls = runner.controls(cfg.model, cfg.train, model, tracker)
+    arguments = runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval, default_metric="eval_accuracy")
+    arguments["per_device_eval_batch_size"] = runner.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
+    args = trl.RewardConfig(
+        **arguments,
+        max_length=cfg.train.max_length,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,
+        **cfg.trainer_overrides,
+    )
+    trainer = trl.RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=models.peft_config(cfg.model.lora, "SEQ_CLS"),
+        callbacks=stage_controls.callbacks,
+    )
+    trainable, total = models.count_parameters(trainer.model)
+    log.info("reward: %s, %d train / %d eval pairs (eval batches of %d), %s of %s parameters trainable",
+             cfg.model.name_or_path, len(train_rows), len(eval_rows), args.per_device_eval_batch_size,
+             f"{trainable:,}", f"{total:,}")
+    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls)
+
+
+def run(cfg: RewardConfig) -> StageResult:
+    return runner.run_trainer_stage(cfg, "reward", build)

@@ -1,0 +1,199 @@
+"""DPO stage on a tiny model: the policy moves and the reference does not, LoRA keeps one model in memory, metrics
+reach metrics.jsonl, too-long prompts are counted, and an sft LoRA adapter is merged or trained further."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from align import config, models, stages, tracking
+from align.errors import ConfigError, ModelError
+from align.sections import ModelConfig
+from align.stages import dpo
+from align.stages.dpo import DPOConfig
+
+PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected")
+
+
+def make_cfg(tmp_path, model_dir, pair_files, *overrides) -> DPOConfig:
+    train, held_out = pair_files
+    base = {"model": {"name_or_path": str(model_dir)}, "data": {"train": [str(train)], "eval": [str(held_out)]},
+            "train": {"output_dir": str(tmp_path / "out"), "max_steps": 3, "batch_size": 2, "learning_rate": 1e-2,
+                      "max_length": 64, "save_steps": 2, "num_threads": 1, "lr_scheduler": "constant"},
+            "beta": 0.5}
+    return config.load_config(DPOConfig, None, list(overrides), base=base)
+
+
+@pytest.fixture
+def spy_build(monkeypatch):
+    """Keep the built trainer and a copy of the reference's weights taken before training."""
+    seen = {}
+    original = dpo.build
+
+    def spy(cfg, tracker):
+        built = original(cfg, tracker)
+        seen["trainer"] = built.trainer
+        ref = built.trainer.ref_model
+        seen["ref_before"] = None if ref is None else {k: v.clone() for k, v in ref.state_dict().items()}
+        return built
+
+    monkeypatch.setattr(dpo, "build", spy)
+    return seen
+
+
+def test_dpo_full_finetune_moves_policy_not_reference(tmp_path, tiny_model_dir, pair_files, spy_build):
+    result = stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files))
+    out = result.output_dir
+
+    ref = spy_build["trainer"].ref_model
+    assert ref is not None and not any(p.requires_grad for p in ref.parameters())
+    after = ref.state_dict()
+    assert all(torch.equal(spy_build["ref_before"][k], after[k]) for k in after), "the reference must not change"
+    before, trained = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert [k for k in before if torch.equal(before[k], trained[k])] == []
+
+    assert result.metrics["steps"] == 3 and math.isfinite(result.metrics["train_loss"])
+    logged = tracking.read_metrics(out)
+    for key in PAIR_METRICS:
+        assert any(key in m for m in logged), key
+        assert any(f"eval_{key}" in m for m in logged), f"eval_{key}"
+    assert 0.0 <= result.metrics["eval_rewards/accuracies"] <= 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference"].startswith("frozen copy of the starting policy")
+    assert config.load_config(DPOConfig, out / "config.yaml").beta == 0.5
+
+
+def _decoder_layers() -> int:
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    gc.collect()
+    return sum(isinstance(o, LlamaDecoderLayer) for o in gc.get_objects())
+
+
+def test_dpo_lora_reference_is_the_policy_with_adapter_disabled(tmp_path, tiny_model_dir, pair_files):
+    cfg = make_cfg(tmp_path, tiny_model_dir, pair_files, "model.lora.enabled=true", "model.lora.rank=4",
+                   "train.max_steps=2")
+    layers_before = _decoder_layers()
+    built = dpo.build(cfg, tracking.Tracker(cfg.tracking, tmp_path / "out", stage="dpo", run_config={}))
+    trainer = built.trainer
+    assert trainer.ref_model is None
+    assert _decoder_layers() - layers_before == trainer.model.config.num_hidden_layers == 2
+    assert "disabled" in built.summary["reference"]
+
+    base = {k: v.clone() for k, v in trainer.model.state_dict().items() if "lora" not in k}
+    trainer.train()
+    state = trainer.model.state_dict()
+    assert all(torch.equal(base[k], state[k]) for k in base), "LoRA leaves the base (= the reference) untouched"
+    assert any(not torch.all(v == 0) for k, v in state.items() if "lora_B" in k)
+
+
+def test_dpo_counts_pairs_whose_prompt_fills_max_length(tmp_path, tiny_model_dir, pair_files):
+    tokenizer = models.load_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir)))
+    rows = [json.loads(line) for line in pair_files[0].read_text().splitlines()]
+    template = {"add_generation_prompt": True, "return_dict": True}
+    lengths = [len(tokenizer.apply_chat_template(r["prompt"], **template)["input_ids"]) for r in rows]
+    limit = sorted(lengths)[len(lengths) // 2]
+    cfg = make_cfg(tmp_path, tiny_model_dir, pair_files, f"train.max_length={limit}", "train.max_steps=1",
+                   "data.eval=[]")
+    result = stages.run("dpo", cfg)
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    assert summary["dropped"] == {f"train: prompt alone fills train.max_length={limit}":
+                                  sum(n >= limit for n in lengths)}
+
+
+@pytest.fixture
+def sft_adapter_dir(tmp_path, tiny_model_dir):
+    """An sft LoRA output: adapter (B made non-zero, as after training) + tokenizer, base = the tiny model."""
+    import peft
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                       task_type="CAUSAL_LM"))
+    torch.manual_seed(3)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    out = tmp_path / "sft"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits
+
+
+def test_dpo_merges_sft_adapter_and_stacks_a_fresh_one(tmp_path, sft_adapter_dir, pair_files):
+    cfg = make_cfg(tmp_path, sft_adapter_dir, pair_files, "model.lora.enabled=true", "model.lora.rank=2",
+                   "train.max_steps=2")
+    result = stages.run("dpo", cfg)
+    adapter_config = json.loads((result.output_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(sft_adapter_dir.resolve())
+
+    # The DPO output loads back as base + sft + dpo; with the DPO adapter's B at zero it would equal the sft merge.
+    merged_sft = models.load_causal_lm(ModelConfig(name_or_path=str(sft_adapter_dir)))
+    dpo_model = models.load_causal_lm(ModelConfig(name_or_path=str(result.output_dir)))
+    ids = [5, 6, 7, 8]
+    assert not torch.allclose(_logits(merged_sft, ids), _logits(dpo_model, ids))
+    tiny = models.load_causal_lm(ModelConfig(name_or_path=adapter_config_base(sft_adapter_dir)))
+    assert not torch.allclose(_logits(tiny, ids), _logits(merged_sft, ids)), "the sft adapter was merged"
+
+
+def test_dpo_merges_sft_adapter_for_full_finetuning(tmp_path, sft_adapter_dir, pair_files, spy_build):
+    result = stages.run("dpo", make_cfg(tmp_path, sft_adapter_dir, pair_files, "train.max_steps=2"))
+    merged_sft = models.load_causal_lm(ModelConfig(name_or_path=str(sft_adapter_dir)))
+    ids = [5, 6, 7, 8]
+    assert torch.allclose(_logits(spy_build["trainer"].ref_model, ids), _logits(merged_sft, ids), atol=1e-5)
+    trained = load_file(str(result.output_dir / "model.safetensors"))
+    start = merged_sft.state_dict()
+    assert [k for k in trained if torch.equal(trained[k], start[k])] == [], "every merged weight trains"
+
+
+def adapter_config_base(adapter_dir) -> str:
+    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def test_dpo_continues_sft_adapter_against_frozen_merged_reference(tmp_path, sft_adapter_dir, pair_files, spy_build):
+    cfg = make_cfg(tmp_path, sft_adapter_dir, pair_files, "sft_adapter=continue", "train.max_steps=2")
+    result = stages.run("dpo", cfg)
+    trainer = spy_build["trainer"]
+    merged_sft = models.load_causal_lm(ModelConfig(name_or_path=str(sft_adapter_dir)))
+    ids = [5, 6, 7, 8]
+    assert torch.allclose(_logits(trainer.ref_model, ids), _logits(merged_sft, ids), atol=1e-5)
+    assert all(torch.equal(spy_build["ref_before"][k], v) for k, v in trainer.ref_model.state_dict().items())
+
+    sft_weights = load_file(str(sft_adapter_dir / "adapter_model.safetensors"))
+    dpo_weights = load_file(str(result.output_dir / "adapter_model.safetensors"))
+    assert sft_weights.keys() == dpo_weights.keys()
+    assert any(not torch.equal(sft_weights[k], dpo_weights[k]) for k in sft_weights), "the sft adapter trained on"
+
+
+def test_dpo_precomputed_reference_log_probs(tmp_path, tiny_model_dir, pair_files, spy_build):
+    result = stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files, "precompute_ref_log_probs=true",
+                                        "train.max_steps=2", "loss_type=[sigmoid,sft]", "loss_weights=[1.0,0.5]"))
+    assert spy_build["trainer"].ref_model is None
+    assert math.isfinite(result.metrics["eval_rewards/margins"])
+
+
+def test_dpo_config_errors(tmp_path, tiny_model_dir, pair_files):
+    with pytest.raises(ConfigError, match="loss_type\\[0\\]: unknown DPO loss 'sigmod'. Did you mean 'sigmoid'"):
+        make_cfg(tmp_path, tiny_model_dir, pair_files, "loss_type=[sigmod]")
+    with pytest.raises(ConfigError, match="loss_weights: needs one weight per loss_type"):
+        make_cfg(tmp_path, tiny_model_dir, pair_files, "loss_type=[sigmoid,ipo]", "loss_weights=[1.0]")
+    with pytest.raises(ConfigError, match="exo_pair loss needs it > 0"):
+        make_cfg(tmp_path, tiny_model_dir, pair_files, "loss_type=[exo_pair]")
+    with pytest.raises(ConfigError, match="set by align; use beta"):
+        make_cfg(tmp_path, tiny_model_dir, pair_files, "trainer_overrides={beta: 0.2}")
+    with pytest.raises(ConfigError, match="sft_adapter: continue needs model.name_or_path to be a LoRA adapter"):
+        stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files, "sft_adapter=continue"))
+    with pytest.raises(ModelError, match="does not exist"):
+        stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files, f"reference={tmp_path}/no-such-model",
+                                   "train.overwrite=true"))
