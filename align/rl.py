@@ -147,6 +147,18 @@ def masked_whiten(
     return torch.where(mask, whitened, x)
 
 
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, all_reduce: AllReduce | None = None
+) -> torch.Tensor:
+    """`1 - Var(returns - values) / Var(returns)` over valid tokens (of all processes with `all_reduce`).
+
+    1 means the value model predicts the returns exactly, 0 no better than their mean, below 0 worse.
+    Both variances are biased (divide by n), so the ratio does not depend on the convention.
+    """
+    error_var = masked_var(returns - values, mask, unbiased=False, all_reduce=all_reduce)
+    return 1 - error_var / masked_var(returns, mask, unbiased=False, all_reduce=all_reduce)
+
+
 def kl_estimate(
     logp: torch.Tensor, ref_logp: torch.Tensor, estimator: Literal["k1", "k2", "k3"] = "k1"
 ) -> torch.Tensor:

@@ -109,6 +109,17 @@ def test_masked_whiten_valid_tokens_only_and_padding_untouched():
     close(rl.masked_whiten(x, MASK, shift_mean=False, eps=0.0), [[1.4604617, 2.1151154, 99.0], [3.4244228, 99.0, 99.0]])
 
 
+def test_explained_variance():
+    """Valid returns 1, 2, 4 (biased variance 14/9, see test_masked_var); values 0, 2, 3 leave errors 1, 0, 1:
+    mean 2/3, squared deviations 1/9 + 4/9 + 1/9, biased variance 2/9. 1 - (2/9) / (14/9) = 6/7.
+    Perfect values explain everything (1); the constant mean 7/3 explains nothing (0). Padding may hold NaN.
+    """
+    values = torch.tensor([[0.0, 2.0, float("nan")], [3.0, float("nan"), 5.0]])
+    close(rl.explained_variance(values, X, MASK), 6.0 / 7.0)
+    close(rl.explained_variance(X, X, MASK), 1.0)
+    close(rl.explained_variance(torch.full_like(X, 7.0 / 3.0), X, MASK), 0.0)
+
+
 class ThreadedAllReduce:
     """Simulates a sum all-reduce between `world_size` ranks that run in threads: each rank posts its tensor,
     waits for the others, and gets the same total."""

@@ -1,0 +1,265 @@
+"""PPO experience: prompt batches in; sampled responses, their log-probs under the policy and the reference, values
+and scores out. Generation and forward passes only; every equation is in `align.rl`, the loop in `stages/ppo.py`.
+
+Sequences are `[left-padded prompt | response]`. Pad ids are masked out of attention and positions wherever they
+occur (TRL 1.12's convention), so the pad token must be one that real text never contains.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from align import chat, ppo_sections, rl
+from align.errors import ConfigError
+
+RewardFunction = Callable[[list[str], list[str]], list[float]]
+
+
+class PromptStream:
+    """Endless global batches of tokenized prompts, reshuffled every pass; each process keeps its slice.
+
+    Resumable: the state is the shuffling generator's state when the current pass began plus the batches taken
+    since, so a restored stream yields exactly the batches the original would have.
+    """
+
+    def __init__(self, prompts: list[list[int]], batch_size: int, *, rank: int, world: int,
+                 generator: torch.Generator | None):
+        # generator=None shuffles with the global torch generator, as TRL's DataLoader does (trl_parity only).
+        self.loader = DataLoader(prompts, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=list,
+                                 generator=generator)
+        self._rng = generator if generator is not None else torch.default_generator
+        self.local = batch_size // world
+        self.rank = rank
+        self.passes = 0
+        self.taken = 0
+        self._pass_start: torch.Tensor | None = None
+        self._iter = None
+
+    def next(self) -> list[list[int]]:
+        """This process's rows of the next global batch."""
+        while True:
+            if self._iter is None:
+                self._pass_start = self._rng.get_state()
+                self._iter, self.taken = iter(self.loader), 0
+            batch = next(self._iter, None)
+            if batch is not None:
+                break
+            self._iter, self.passes = None, self.passes + 1
+        self.taken += 1
+        return batch[self.rank * self.local:(self.rank + 1) * self.local]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pass_start": self._pass_start, "taken": self.taken, "passes": self.passes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replay the current pass's shuffle and skip the batches already taken (cheap: nothing is tokenized)."""
+        self._rng.set_state(state["pass_start"])
+        self._iter, self.passes = iter(self.loader), state["passes"]
+        for _ in range(state["taken"]):
+            next(self._iter)
+        self.taken = state["taken"]
+
+
+def tokenize_prompts(tokenizer, rows: list[dict], limit: int, drop_long: bool) -> tuple[list[list[int]], int]:
+    """Chat-template each prompt row with the generation prompt. A prompt over `limit` tokens loses its start (the
+    end holds the generation prompt), or with `drop_long` is dropped. Returns the prompts and how many were long."""
+    prompts, too_long = [], 0
+    for row in rows:
+        text = chat.render(tokenizer, row["prompt"], tools=row.get("tools"), add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > limit:
+            too_long += 1
+            if drop_long:
+                continue
+            ids = ids[-limit:]
+        prompts.append(ids)
+    return prompts, too_long
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    width = max(map(len, rows))
+    return torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], device=device)
+
+
+def masked_inputs(ids: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+    """Forward-pass inputs in which every pad id, wherever it is, gets no attention and no position."""
+    mask = ids != pad_id
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": mask.cumsum(1) - mask.long()}
+
+
+def tempered(logits: torch.Tensor, temperature: float, suppressed_id: int | None) -> torch.Tensor:
+    """The policy's sampling distribution as logits: `logits / temperature`, with the suppressed token (the pad)
+    at the dtype's lowest value, i.e. probability 0 without the NaN that -inf gives in the entropy."""
+    logits = logits / temperature
+    if suppressed_id is not None:
+        logits[..., suppressed_id] = torch.finfo(logits.dtype).min
+    return logits
+
+
+def token_scores(model, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, L) per-token output of a one-label sequence classifier: its backbone, then its `score` head on every
+    position (transformers' own forward keeps only the last non-pad token)."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(**masked_inputs(ids, pad_id), use_cache=False).last_hidden_state
+    return model.score(hidden).squeeze(-1)
+
+
+class PolicyAndValue(torch.nn.Module):
+    """Policy and value model as one module, so one DDP wrapper syncs both and one optimizer steps both."""
+
+    def __init__(self, policy, value_model):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+
+    def forward(self, ids: torch.Tensor, context: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response-aligned (B, T, V) policy logits and (B, T) values for `[prompt | response]` rows."""
+        logits = self.policy(**masked_inputs(ids, pad_id), use_cache=False).logits[:, context - 1:-1]
+        values = token_scores(self.value_model, ids, pad_id)[:, context - 1:-1]
+        return logits, values
+
+
+@dataclass
+class Experience:
+    """One rollout batch on this process. B rows, prompt width P, response width T."""
+
+    queries: torch.Tensor
+    """(B, P) left-padded prompts."""
+    responses: torch.Tensor
+    """(B, T) responses, pad after the EOS (and after a sampled pad, which only trl_parity allows)."""
+    lengths: torch.Tensor
+    """(B,) valid response tokens: up to and including the EOS, or up to the first pad."""
+    has_eos: torch.Tensor
+    """(B,) bool: the response ended with EOS rather than at the length limit."""
+    logprobs: torch.Tensor
+    """(B, T) log-probs of the sampled tokens under the (tempered) policy that sampled them."""
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    """(B, T) value of the state before each response token."""
+    scores: torch.Tensor
+    """(B,) reward-model score at the last valid token, or the reward function's value."""
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        return torch.cat((self.queries, self.responses), 1)
+
+
+@dataclass
+class Sampler:
+    """Everything `rollout` needs besides the models: the generation config and the tokens it treats specially."""
+
+    generation_config: Any
+    temperature: float
+    """The temperature used in every log-prob pass (TRL adds 1e-7 to it; see PPOSection.trl_parity)."""
+    eos_id: int
+    pad_id: int
+    suppressed_id: int | None
+    """The pad id, whose logit is never sampled; None under trl_parity (TRL samples it)."""
+    chunk: int
+    """Rows per forward pass when scoring the rollout."""
+
+    @classmethod
+    def create(cls, p: ppo_sections.PPOSection, tokenizer) -> Sampler:
+        from transformers import GenerationConfig
+
+        suppressed = None if p.trl_parity else tokenizer.pad_token_id
+        temperature = p.temperature + 1e-7 if p.trl_parity else p.temperature
+        # Neutral values for every processor a checkpoint's generation_config could switch on (Qwen ships
+        # repetition_penalty=1.05, for one): the log-probs must be those of the distribution actually sampled.
+        config = GenerationConfig(
+            max_new_tokens=p.response_length, do_sample=True, temperature=temperature, top_k=p.top_k, top_p=p.top_p,
+            typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, use_cache=True,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=None if suppressed is None else [suppressed], return_dict_in_generate=True,
+            output_logits=True)
+        return cls(config, temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, suppressed, p.micro_batch)
+
+
+def rollout(sampler: Sampler, policy, reference, value_model, reward, tokenizer,
+            queries: torch.Tensor) -> tuple[Experience, dict[str, float]]:
+    """Sample one response per prompt with KV-cached `generate`, then score it. Returns the experience and the
+    seconds spent generating and scoring. `reference=None` means the LoRA policy with its adapters disabled;
+    `reward` is a reward model or a reward function."""
+    started = time.perf_counter()
+    context, pad = queries.size(1), sampler.pad_id
+    out = policy.generate(input_ids=queries, attention_mask=queries != pad, generation_config=sampler.generation_config)
+    generated = out.sequences[:, context:]
+    # generate() returns the raw logits it sampled from; log-probs under the same tempered distribution come free,
+    # without a second forward pass (KV-cached logits differ from a full pass only in the last float bits).
+    logprobs = rl.logprobs_from_logits(tempered(torch.stack(out.logits, 1), sampler.temperature,
+                                                sampler.suppressed_id), generated)
+    del out
+    generation_s = time.perf_counter() - started
+
+    responses, _ = rl.truncate_after_eos(generated, sampler.eos_id, pad)
+    lengths = rl.first_true_indices(responses == pad)  # a pad ends the response: after EOS, or sampled (parity)
+    has_eos = (responses == sampler.eos_id).any(-1)
+    sequences = torch.cat((queries, responses), 1)
+    from_model = isinstance(reward, torch.nn.Module)
+    ref_logprobs, values, last_scores = [], [], []
+    for rows in torch.arange(len(queries), device=queries.device).split(sampler.chunk):
+        ids = sequences[rows]
+        ref_logprobs.append(_reference_logprobs(sampler, policy, reference, ids, responses[rows], context))
+        values.append(token_scores(value_model, ids, pad)[:, context - 1:-1])
+        if from_model:
+            last = context + lengths[rows] - 1  # the EOS, else the last token
+            last_scores.append(token_scores(reward, ids, pad)[torch.arange(len(rows)), last])
+    if from_model:
+        scores = torch.cat(last_scores)
+    else:
+        scores = _call_reward_function(reward, tokenizer, queries, responses, pad)
+    experience = Experience(queries=queries, responses=responses, lengths=lengths, has_eos=has_eos,
+                            logprobs=logprobs, ref_logprobs=torch.cat(ref_logprobs), values=torch.cat(values),
+                            scores=scores.float())
+    return experience, {"generation": generation_s, "experience": time.perf_counter() - started - generation_s}
+
+
+def _reference_logprobs(sampler: Sampler, policy, reference, ids, responses, context) -> torch.Tensor:
+    inputs = masked_inputs(ids, sampler.pad_id)
+    if reference is None:
+        with policy.disable_adapter():
+            logits = policy(**inputs, use_cache=False).logits
+    else:
+        logits = reference(**inputs, use_cache=False).logits
+    logits = tempered(logits[:, context - 1:-1], sampler.temperature, sampler.suppressed_id)
+    return rl.logprobs_from_logits(logits, responses)
+
+
+def _call_reward_function(fn: RewardFunction, tokenizer, queries, responses, pad_id) -> torch.Tensor:
+    prompts = tokenizer.batch_decode([row[row != pad_id] for row in queries], skip_special_tokens=True)
+    completions = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    scores = fn(prompts, completions)
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(completions):
+        raise ConfigError(f"reward_model.function: must return one float per completion ({len(completions)}), "
+                          f"got {type(scores).__name__} of length {len(scores) if hasattr(scores, '__len__') else '?'}")
+    return torch.tensor([float(s) for s in scores], device=queries.device)
+
+
+def load_reward_function(spec: str) -> RewardFunction:
+    """`module:function` or `path/to/file.py:function` -> the function. Raises ConfigError, before any model loads."""
+    problem = ppo_sections.reward_function_problem(spec)
+    if problem:
+        raise ConfigError(f"reward_model.function: {problem}")
+    source, name = spec.rsplit(":", 1)
+    try:
+        if source.endswith(".py"):
+            module_spec = importlib.util.spec_from_file_location(Path(source).stem, source)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except ImportError as e:
+        raise ConfigError(f"reward_model.function: importing {source!r} failed: {e}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"reward_model.function: {source!r} has no function {name!r}")
+    return fn
