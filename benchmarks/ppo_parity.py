@@ -8,7 +8,7 @@ TRL runs in its own venv (trl 1.12.0 is the last release with PPO):
     python3 -m venv /tmp/venv-trl112 && /tmp/venv-trl112/bin/pip install "torch==2.13.0" "trl==1.12.0" peft tokenizers
 
 Runs, each in a fresh process with one torch thread:
-* TRL: /work/shared/tools/trl_ppo_reference.py --save-init DUMP --metrics-out trl.json, with numpy's global RNG
+* TRL: ../shared/tools/trl_ppo_reference.py --save-init DUMP --metrics-out trl.json, with numpy's global RNG
   seeded (PPOTrainer draws its minibatch permutations from it without ever seeding it), and once more with
   gc.collect() patched out (TRL calls it twice per update; benchmarks/ppo_parity_notes.md section 7).
 * ours: `align ppo --config parity.yaml` on the dumped tokenizer, models and prompts, with ppo.trl_parity=true.
@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path("/work/shared/tools/trl_ppo_reference.py")
+REFERENCE = REPO.parent / "shared" / "tools" / "trl_ppo_reference.py"
 OUT_MD = REPO / "benchmarks" / "PPO_PARITY.md"
 NUMPY_SEED = 42  # = train.seed: our stage seeds numpy with it (process 0), so TRL's permutations match ours
 COMPARED = ["objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",

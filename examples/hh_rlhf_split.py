@@ -23,7 +23,7 @@ from pathlib import Path
 
 import data_formats
 
-SHARED = Path("/work/shared/data/hh-rlhf")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
 SUBSETS = ("helpful-base", "harmless-base")
 
 
