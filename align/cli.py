@@ -33,6 +33,11 @@ def _stage_command(args: argparse.Namespace) -> int:
     for key, value in result.notes.items():
         if key == "wandb_sync":
             print(f"W&B run saved offline; upload it with: {value}")
+    if "stopped" in result.notes:
+        # Same exit code as a pipeline stopped this way: usually the hyper-parameters (learning rate) are to blame.
+        print(f"error: {result.notes['stopped']}; the final model was not saved, the last checkpoint is kept "
+              f"(see {result.output_dir / 'summary.json'})", file=sys.stderr)
+        return 2
     return 0
 
 

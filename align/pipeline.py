@@ -7,7 +7,8 @@ the key for that stage (its inline `config:` or `overrides:`; a `file:` is a tem
   model.name_or_path). A reward stage starts from it too. DPO and PPO take their frozen reference from it.
 - ppo reward_model.name_or_path: the last reward stage's output (PPO's value model defaults to the reward model).
 - train.output_dir is always `<run_dir>/<name>`; W&B runs share one group (default: the run dir's name), one
-  job_type per stage, named `<tracking.name or run dir name>-<stage>`.
+  job_type per stage, named `<tracking.name or run dir name>-<stage>`. Each stage's run uses its input data files and
+  models as W&B artifacts and logs its output model as one (see align.tracking), so W&B shows the run's lineage.
 Section defaults: the pipeline's `model:` under every stage's, its non-default `tracking:` keys over every stage's.
 Re-running skips stages with DONE and an unchanged config; an interrupted stage resumes from its last checkpoint.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from align import config, registry, runner, stages
-from align.errors import ConfigError
+from align.errors import AlignError, ConfigError
 from align.runner import StageResult
 from align.sections import ModelConfig, TrackingConfig
 from data_formats.readers import FILE_TYPES
@@ -187,6 +188,11 @@ def run(cfg: PipelineConfig, from_stage: str | None = None, force: bool = False)
             _write_json(plan.out / LINEAGE, _lineage_record(plan, produced, _tokenizer_fingerprint(plan.cfg.model)))
         results.append(stages.run(plan.name, stage_cfg))
         gc.collect()  # trainers hold reference cycles; free this stage's models before the next stage loads its own
+        if "stopped" in results[-1].notes:  # no final model for the next stage, and no DONE: a rerun resumes it
+            raise AlignError(f"{plan.label}: {results[-1].notes['stopped']}; its final model was not saved, so the "
+                             f"pipeline stops here. See {plan.out / runner.SUMMARY}; fix the cause and run the "
+                             "pipeline again (it resumes the stage from its last checkpoint) or use "
+                             f"--from {plan.name}")
         if runner.is_main_process():
             _write_json(plan.out / DONE, {"config_hash": plan.config_hash,
                                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -285,9 +291,20 @@ def _config_hash(stage_cfg: Any) -> str:
 
 
 def _shared_tracking(cfg: PipelineConfig) -> dict[str, Any]:
-    """The pipeline's tracking keys that differ from the defaults, plus one group for the whole run."""
-    defaults = config.to_dict(TrackingConfig())
-    chosen = {k: v for k, v in config.to_dict(cfg.tracking).items() if v != defaults[k] and k != "name"}
+    """The pipeline's tracking keys that differ from the defaults (sub-sections key by key, so a stage keeps its own
+    health settings the pipeline does not set), plus one group for the whole run."""
+
+    def changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                value = changed(value, defaults[key])
+            if value != defaults[key] and value != {}:
+                out[key] = value
+        return out
+
+    chosen = changed(config.to_dict(cfg.tracking), config.to_dict(TrackingConfig()))
+    chosen.pop("name", None)
     return {**chosen, "group": cfg.tracking.group or Path(cfg.run_dir).name}
 
 

@@ -100,6 +100,17 @@ def plot_run(output_dir: str | Path) -> list[Path]:
     return written
 
 
+def plot_finished_run(output_dir: str | Path) -> list[Path]:
+    """`plot_run` at the end of a stage: a plotting failure is logged as a warning and never fails the finished
+    training run (the curves can be drawn again later with `plot_run`)."""
+    try:
+        return plot_run(output_dir)
+    except Exception as e:  # noqa: BLE001 - the trained model matters more than its pictures
+        log.warning("%s: could not draw the metric plots (%s: %s); training is unaffected", output_dir,
+                    type(e).__name__, e)
+        return []
+
+
 def panels(plt, count: int):
     """A figure with `count` axes in rows of up to COLUMNS (the spare ones hidden), and the used axes."""
     columns = min(COLUMNS, count)

@@ -100,8 +100,9 @@ def prepare_output_dir(train: TrainConfig) -> str | None:
             log.info("train.overwrite=true: removing the previous run's checkpoints and summary in %s", out)
             for path in complete:
                 shutil.rmtree(path)
-            (out / SUMMARY).unlink(missing_ok=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+            for name in (SUMMARY, "metrics.jsonl", "completions.jsonl", "samples.jsonl"):
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "plots", ignore_errors=True)
     state.wait_for_everyone()
     if not train.resume:
         return None
@@ -206,14 +207,24 @@ def pair_eval_batch_size(pairs: int, batch_size: int) -> int:
 
 @dataclass
 class Controls:
-    """Training controls shared by the TRL stages: freezing schedule and early stopping."""
+    """Training controls shared by the TRL stages: health alerts, freezing schedule, early stopping, sampled
+    completions; and the tracker, which also receives the final model."""
 
     callbacks: list[Any]
+    tracker: Any
+    health: Any = None
+    """The health callback (a `health.HealthReporter`): its alerts go to summary.json; a fatal one skips the save."""
     freeze: Any = None
     early_stopping: bool = False
 
+    @property
+    def stopped_on_fatal(self) -> bool:
+        return self.health is not None and self.health.stopped_on_fatal
+
     def summary(self, state) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if self.health is not None:
+            out["health"] = self.health.summary()
         if self.freeze is not None:
             out["freeze_phases"] = self.freeze.phases
         if self.early_stopping:
@@ -227,31 +238,58 @@ class Controls:
         return out
 
 
-def controls(model_cfg: ModelConfig, train: TrainConfig, model, tracker) -> Controls:
-    """The callbacks a stage's trainer needs: tracking, then freezing and early stopping when configured."""
-    from align import freezing
+def controls(cfg: Any, model, tracker, *, tokenizer=None, stage_data=None) -> Controls:
+    """The callbacks a stage's trainer needs: tracking and health alerts, then freezing, early stopping and sampled
+    completions when configured. Completions need `tokenizer` and `stage_data` (SFT and DPO pass them)."""
+    from align import freezing, health
 
-    found = Controls(callbacks=[tracker.callback()])
-    found.freeze = freezing.plan(model_cfg.freeze, model)
+    found = Controls(callbacks=[tracker.callback()], tracker=tracker)
+    found.health = health.health_callback(health.HealthMonitor(cfg.tracking.health), tracker)
+    found.callbacks.append(found.health)
+    found.freeze = freezing.plan(cfg.model.freeze, model)
     if found.freeze is not None:
-        found.callbacks.append(freezing.FreezeCallback(model_cfg.freeze, found.freeze))
-    if train.early_stopping.enabled:
+        found.callbacks.append(freezing.FreezeCallback(cfg.model.freeze, found.freeze))
+    if cfg.train.early_stopping.enabled:
         from transformers import EarlyStoppingCallback
 
         found.early_stopping = True
-        found.callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping.patience,
-                                                     early_stopping_threshold=train.early_stopping.threshold))
+        found.callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping.patience,
+                                                     early_stopping_threshold=cfg.train.early_stopping.threshold))
+    every = cfg.tracking.completions_every
+    if every and stage_data is None:
+        log.info("tracking.completions_every: this stage samples no completions; ignored")
+    elif every:
+        from align import completions
+
+        found.callbacks.append(completions.completions_callback(
+            completion_prompts(stage_data, cfg.tracking.completions_prompts), every, tokenizer=tokenizer,
+            tracker=tracker, max_new_tokens=cfg.tracking.completions_max_new_tokens, seed=cfg.train.seed,
+            health=found.health))
     return found
+
+
+def completion_prompts(stage_data, count: int) -> list[list[dict]]:
+    """The prompts of the first `count` eval rows (else train rows): a pair's prompt, an sft conversation without
+    its final reply. Rows with tool schemas are left out (sampling renders no tools)."""
+    from data_formats.kinds import to_prompt
+
+    rows = [row for row in stage_data.eval or stage_data.train if not row.get("tools")]
+    if not rows:
+        raise ConfigError("tracking.completions_every: every row has tools, and sampling renders none; set it to 0")
+    return [to_prompt(row)["prompt"] for row in rows[:count]]
 
 
 def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: str | None,
                    has_eval: bool, save: Callable[[Path], None], extra_summary: dict[str, Any],
                    stage_controls: Controls | None = None) -> StageResult:
-    """Train (resuming if asked), evaluate, save the final model with `save`, then write summary.json last.
+    """Train (resuming if asked), evaluate, save the final model with `save`, plot the curves, then write
+    summary.json last.
 
+    After a fatal health alert (NaN/inf loss) the weights in memory are broken: evaluation and the final save are
+    skipped, the last checkpoint stays the latest good model, and summary.json says so under "stopping".
     `save` runs on every process and must itself write non-collective files from the main process only.
     """
-    from align import progress
+    from align import plots, progress
 
     progress.install(trainer, stage)
     out = Path(output_dir)
@@ -263,17 +301,39 @@ def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: 
     tokens = trainer.state.num_input_tokens_seen
     if tokens and runtime > 0:
         metrics["tokens_per_s"] = round(tokens / runtime, 1)
-    if has_eval:
-        metrics.update(trainer.evaluate())
-    save(out)  # on every process: sharded (FSDP/ZeRO-3) weights are gathered collectively
+    fatal = stage_controls.health.fatal if stage_controls is not None and stage_controls.stopped_on_fatal else None
+    if fatal is None:
+        if has_eval:
+            metrics.update(trainer.evaluate())
+        save(out)  # on every process: sharded (FSDP/ZeRO-3) weights are gathered collectively
+    # Every process knows (the health callback runs on all of them), so a pipeline stops on all of them.
+    notes = {"stopped": f"stopped on the fatal health alert {fatal.name} at step {fatal.step}"} if fatal else {}
     if trainer.is_world_process_zero():
         summary = {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
                    **extra_summary, **(stage_controls.summary(trainer.state) if stage_controls else {})}
         best = trainer.state.best_model_checkpoint
-        if stage_controls is not None and stage_controls.early_stopping and best:
-            (Path(best) / "BEST").write_text(f"{trainer.args.metric_for_best_model} = {trainer.state.best_metric}\n")
+        if fatal is not None:
+            summary["stopping"] = stopped_by(fatal, out)
+            log.warning("%s stopped at step %d on %s; the final model was not saved, the last checkpoint (%s) "
+                        "holds the latest good weights", stage, fatal.step, fatal.name,
+                        summary["stopping"]["last_checkpoint"])
+        elif stage_controls is not None:
+            if stage_controls.early_stopping and best:
+                (Path(best) / "BEST").write_text(
+                    f"{trainer.args.metric_for_best_model} = {trainer.state.best_metric}\n")
+            stage_controls.tracker.log_model(out)
+        plots.plot_finished_run(out)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    return StageResult(stage=stage, output_dir=out, metrics=metrics)
+    return StageResult(stage=stage, output_dir=out, metrics=metrics, notes=notes)
+
+
+def stopped_by(alert, output_dir: Path) -> dict[str, Any]:
+    """summary.json's "stopping" entry after a fatal health alert: why, and which checkpoint holds good weights."""
+    complete, _ = checkpoints(output_dir)
+    return {"reason": f"fatal health alert {alert.name} at step {alert.step}: {alert.message}",
+            "last_checkpoint": str(complete[-1]) if complete else None,
+            "final_model": "not saved: the weights in memory are broken; rerun with train.resume=true (after fixing "
+                           "the cause) to continue from the last checkpoint"}
 
 
 @dataclass

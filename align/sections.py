@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from align.health import HealthConfig
+
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
@@ -251,3 +253,24 @@ class TrackingConfig:
     tags: list[str] = field(default_factory=list)
     mode: Literal["auto", "online", "offline"] = "auto"
     """auto: online when WANDB_API_KEY is set or you are logged in, otherwise offline (sync later with `wandb sync`)."""
+    upload_artifacts: bool = False
+    """W&B: upload the final model's files into its "model" artifact. false: the artifact only references them by
+    file:// URI and checksum (inputs are always referenced, never uploaded)."""
+    health: HealthConfig = field(default_factory=HealthConfig)
+    """Alerts on known failure signatures in the logged metrics (NaN loss stops training); see docs/evaluation.md."""
+    completions_every: int = 0
+    """SFT and DPO: sample replies to a few held-out prompts before training and every N optimizer steps, into
+    completions.jsonl (and a W&B table); 0: off."""
+    completions_prompts: int = 4
+    """How many prompts: the first rows of the eval split, else of the train split."""
+    completions_max_new_tokens: int = 64
+    """Length limit of each sampled reply (greedy decoding)."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.completions_every < 0:
+            problems.append(f"completions_every: must be >= 0 (0: off), got {self.completions_every}")
+        for name in ("completions_prompts", "completions_max_new_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        return problems

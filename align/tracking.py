@@ -3,6 +3,11 @@
 W&B runs offline when no API key is available, so runs are kept on disk and can be synced later. Only the main
 process of a multi-process launch logs. The W&B run id is stored in the output dir so a resumed stage continues
 the same run. The API key is never written anywhere by us.
+
+Lineage: a W&B run uses an artifact per input (each local data file, type "dataset"; each local input model dir,
+type "model") and logs the stage's final model as a "model" artifact. Artifacts reference files by file:// URI and
+MD5 (no upload unless tracking.upload_artifacts) and are named after the path, so the dir one stage writes and the
+next stage reads are the same artifact version: W&B draws dataset -> sft -> dpo/ppo as one graph.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -21,6 +27,11 @@ from align.sections import TrackingConfig
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id"
+MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".tiktoken")
+"""Files at the top of a model dir that belong to the model (weights, configs, tokenizer, chat template)."""
+NOT_MODEL_FILES = {"summary.json", "lineage.json"}
+MODEL_SUBDIRS = ("merged", "value_model")
+"""Sub-dirs that hold models too (a LoRA run's merged copy, PPO's value model); checkpoints, plots, wandb are not."""
 
 
 def wandb_mode(cfg: TrackingConfig) -> str:
@@ -67,7 +78,7 @@ class Tracker:
         run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.entity,
-            name=self.cfg.name or f"{self.output_dir.name}-{self.stage}",
+            name=self.cfg.name or default_run_name(self.output_dir, self.stage),
             group=self.cfg.group,
             job_type=self.stage,
             tags=list(self.cfg.tags) or None,
@@ -78,7 +89,23 @@ class Tracker:
             resume="allow",
         )
         log.info("W&B run %s (%s mode) in %s", run_id, mode, self.output_dir / "wandb")
+        data_files, model_dirs = inputs_of(run_config)
+        for path in data_files:
+            use_artifact(run, file_artifact(wandb, path, "dataset"))
+        for path in model_dirs:
+            use_artifact(run, model_artifact(wandb, path, upload=False))
         return run
+
+    def log_model(self, path: str | Path) -> None:
+        """Log the stage's final model in `path` as this run's output "model" artifact (with W&B on)."""
+        if self.run is None:
+            return
+        import wandb
+
+        artifact = model_artifact(wandb, Path(path), upload=self.cfg.upload_artifacts)
+        self.run.log_artifact(artifact, aliases=["latest", self.stage])
+        log.info("W&B: logged model artifact %s (%s)", artifact.name,
+                 "uploaded" if self.cfg.upload_artifacts else "by reference")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.is_main:
@@ -122,6 +149,79 @@ class Tracker:
                     tracker.log(logs, step=state.global_step)
 
         return _TrackerCallback()
+
+
+def default_run_name(output_dir: Path, stage: str) -> str:
+    """A run name that says what ran where: runs/r1/sft -> r1-sft, out -> out-sft, dpo_beta0.1 -> dpo_beta0.1."""
+    name = output_dir.resolve().name
+    if name == stage:
+        return f"{output_dir.resolve().parent.name}-{stage}"
+    return name if stage in name else f"{name}-{stage}"
+
+
+def inputs_of(run_config: dict[str, Any]) -> tuple[list[Path], list[Path]]:
+    """(local data files, local input model dirs) named by a stage's resolved config; hub ids are left out (the
+    config names them)."""
+    from align import registry
+
+    data = run_config.get("data") or {}
+    files = [Path(source["path"]).expanduser() for split in ("train", "eval") for source in data.get(split) or []]
+    names = [run_config.get("reference")] + [(run_config.get(role) or {}).get("name_or_path")
+                                             for role in ("model", "reward_model", "value_model")]
+    dirs = []
+    for name in names:
+        if name in registry.ALIASES:
+            path = registry.alias_path(name) if registry.is_pulled(name) else None
+        else:
+            path = Path(name).expanduser() if name else None
+        if path is not None and path.is_dir() and path.resolve() not in [d.resolve() for d in dirs]:
+            dirs.append(path)
+    unique = list({path.resolve(): path for path in files if path.is_file()}.values())
+    return unique, dirs
+
+
+def artifact_name(path: Path) -> str:
+    """`<parent>-<name>` of the resolved path, in the characters W&B allows: the same path, the same artifact."""
+    path = path.resolve()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{path.parent.name}-{path.name}").strip("_.-") or "root"
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files of the model in `path`: top-level weights, configs and tokenizer files plus MODEL_SUBDIRS."""
+    top = [f for f in sorted(path.iterdir()) if f.is_file() and f.suffix in MODEL_SUFFIXES
+           and f.name not in NOT_MODEL_FILES]
+    nested = [f for sub in MODEL_SUBDIRS if (path / sub).is_dir() for f in sorted((path / sub).rglob("*"))
+              if f.is_file()]
+    return top + nested
+
+
+def file_artifact(wandb, path: Path, kind: str):
+    artifact = wandb.Artifact(artifact_name(path), type=kind, metadata={"path": str(path.resolve())})
+    artifact.add_reference(path.resolve().as_uri(), name=path.name)
+    return artifact
+
+
+def model_artifact(wandb, path: Path, upload: bool):
+    """A "model" artifact of `path`'s model files, uploaded or referenced. Both give the same digest (it hashes each
+    file's name and MD5), so a consumer's reference matches the producer's upload."""
+    path = path.resolve()
+    artifact = wandb.Artifact(artifact_name(path), type="model", metadata={"path": str(path)})
+    for file in model_files(path):
+        name = file.relative_to(path).as_posix()
+        if upload:
+            artifact.add_file(str(file), name=name)
+        else:
+            artifact.add_reference(file.as_uri(), name=name)
+    return artifact
+
+
+def use_artifact(run, artifact) -> None:
+    """Record `artifact` as an input of `run`. wandb refuses `use_artifact` offline, so offline runs do what it
+    does online with a new artifact: log it flagged to be used once committed; `wandb sync` then links it."""
+    if run.settings.mode == "offline":
+        run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+    else:
+        run.use_artifact(artifact)
 
 
 def _scalar(value: Any) -> Any:

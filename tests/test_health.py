@@ -213,3 +213,163 @@ def test_nan_stops_a_real_trainer_without_checkpointing_the_broken_weights(tmp_p
     assert guard.stopped_on_fatal and guard.fatal.step == 3
     assert (tmp_path / "checkpoint-2").is_dir()
     assert not (tmp_path / "checkpoint-3").exists(), "the NaN weights were not checkpointed"
+
+
+# Stage runs: a NaN loss stops the stage, keeps the last checkpoint and saves no final model.
+
+def poison_lm_head(model) -> None:
+    import torch
+
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+
+
+@pytest.fixture
+def poison_after_step_2(monkeypatch):
+    """Make every TRL stage's model NaN after its second optimizer step, through the controls it is built with."""
+    from transformers import TrainerCallback
+
+    from align import runner
+
+    class Poison(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                poison_lm_head(model)
+
+    real = runner.controls
+
+    def controls(*args, **kwargs):
+        found = real(*args, **kwargs)
+        found.callbacks.append(Poison())
+        return found
+
+    monkeypatch.setattr(runner, "controls", controls)
+
+
+def sft_rows(path):
+    import json
+
+    from tiny import CONVERSATIONS, messages
+
+    path.write_text("".join(json.dumps({"messages": messages(turns)}) + "\n" for turns in CONVERSATIONS))
+    return path
+
+
+TRAIN = {"max_steps": 5, "batch_size": 2, "learning_rate": 1e-2, "max_length": 64, "save_steps": 1,
+         "save_total_limit": 5, "num_threads": 1, "lr_scheduler": "constant"}
+
+
+def all_finite(path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    return all(bool(torch.isfinite(t).all()) for t in load_file(str(path)).values())
+
+
+def test_nan_stops_an_sft_stage_keeps_the_last_checkpoint_and_says_why(tmp_path, tiny_model_dir,
+                                                                        poison_after_step_2):
+    import json
+
+    from align import stages
+    from align.stages.sft import SFTConfig
+
+    cfg = config.load_config(SFTConfig, base={
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"train": [str(sft_rows(tmp_path / "sft.jsonl"))], "eval_fraction": 0.4},
+        "train": {**TRAIN, "output_dir": str(tmp_path / "out")}})
+    result = stages.run("sft", cfg)
+    out = result.output_dir
+    assert result.metrics["steps"] == 3 and "eval_loss" not in result.metrics, "stopped at once, no evaluation"
+    assert not (out / "model.safetensors").exists(), "the broken weights are not saved as the final model"
+    assert not (out / "checkpoint-3").exists()
+    assert all_finite(out / "checkpoint-2" / "model.safetensors")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["health"]["stopped_on_fatal"]["name"] == "non_finite_loss"
+    assert summary["stopping"]["last_checkpoint"] == str(out / "checkpoint-2")
+    assert summary["stopping"]["reason"].startswith("fatal health alert non_finite_loss at step 3")
+    assert "not saved" in summary["stopping"]["final_model"]
+    assert result.notes["stopped"] == "stopped on the fatal health alert non_finite_loss at step 3"
+
+
+def test_nan_stopped_stage_exits_2_from_the_cli(tmp_path, tiny_model_dir, poison_after_step_2, capsys):
+    import yaml
+
+    from align import cli
+
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "sft", "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"train": [str(sft_rows(tmp_path / "sft.jsonl"))]},
+        "train": {**TRAIN, "output_dir": str(tmp_path / "out")}}))
+    assert cli.main(["sft", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: stopped on the fatal health alert non_finite_loss at step 3" in err and "checkpoint" in err
+
+
+def test_nan_in_a_pipeline_stage_stops_the_pipeline_before_the_next_stage(tmp_path, tiny_model_dir,
+                                                                           poison_after_step_2, capsys):
+    import yaml
+    from tiny import PAIRS, write_pairs
+
+    from align import cli
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    stage_train = {k: v for k, v in TRAIN.items() if k != "save_total_limit"}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "pipeline", "run_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_model_dir)},
+        "stages": [{"name": "sft", "config": {"data": {"train": [str(sft_rows(tmp_path / "sft.jsonl"))]},
+                                              "train": stage_train}},
+                   {"name": "dpo", "config": {"data": {"train": [str(pairs)]}, "train": stage_train}}]}))
+    assert cli.main(["pipeline", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "stages[0] (sft): stopped on the fatal health alert non_finite_loss at step 3" in err
+    assert not (tmp_path / "run" / "sft" / "DONE").exists() and not (tmp_path / "run" / "dpo").exists()
+
+
+def test_nan_stops_ppo_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from align import stages, tracking
+    from align.stages import ppo
+
+    rule = tmp_path / "rules.py"
+    rule.write_text("def half(prompts, completions):\n    return [0.5] * len(completions)\n")
+    real, calls = ppo._optimise, []
+
+    def optimise(cfg, b, exp, shaped):
+        calls.append(1)
+        if len(calls) == 2:  # update 2 trains on NaN weights, so its losses are NaN
+            poison_lm_head(b.policy)
+        return real(cfg, b, exp, shaped)
+
+    monkeypatch.setattr(ppo, "_optimise", optimise)
+    prompts = Path(__file__).resolve().parents[1] / "examples" / "data" / "prompts.jsonl"
+    cfg = config.load_config(ppo.PPOConfig, base={
+        "model": {"name_or_path": str(tiny_model_dir)}, "reward_model": {"function": f"{rule}:half"},
+        "data": {"train": [str(prompts)]},
+        "train": {"output_dir": str(tmp_path / "out"), "max_steps": 4, "learning_rate": 1e-3, "max_length": 160,
+                  "save_steps": 1, "num_threads": 1},
+        "ppo": {"rollout_batch_size": 4, "micro_batch": 2, "mini_batches": 2, "ppo_epochs": 1,
+                "response_length": 6}})
+    result = stages.run("ppo", cfg)
+    out = result.output_dir
+    assert len(calls) == 2 and result.metrics["steps"] == 2
+    assert [m["step"] for m in tracking.read_metrics(out)] == [1, 2]
+    assert tracking.read_metrics(out)[-1]["loss/policy_avg"] == "nan"
+    assert not (out / "model.safetensors").exists() and not (out / "checkpoint-2").exists()
+    assert all_finite(out / "checkpoint-1" / "policy" / "model.safetensors")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopping"]["last_checkpoint"] == str(out / "checkpoint-1")
+    assert summary["health"]["stopped_on_fatal"]["step"] == 2
+    assert result.notes["stopped"] == "stopped on the fatal health alert non_finite_loss at update 2"
+
+
+def test_the_health_section_loads_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, align.sections; print(align.sections.TrackingConfig().health.kl_max, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["20.0", "False"]

@@ -45,16 +45,31 @@ def records(path: str | Path):
 
 
 def summarize(path: str | Path) -> dict:
-    """history keys, config keys, summary keys, group and job_type of one run file."""
-    out = {"history": set(), "config": set(), "summary": set(), "group": None, "job_type": None, "alerts": []}
+    """history keys, config keys, summary keys, run id, name, group, job_type, alerts and artifacts of one run file.
+
+    Each artifact is {type, name, digest, used, refs}: `used` marks an input. Offline, wandb keeps an input as an
+    `artifact` record flagged use_after_commit (it refuses `use_artifact` offline); online runs write `use_artifact`
+    records (type and name only). `refs` are the manifest's reference URIs (empty for uploaded files).
+    """
+    out = {"history": set(), "config": set(), "summary": set(), "id": None, "name": None, "group": None,
+           "job_type": None, "alerts": [], "artifacts": []}
     for rec in records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             out["history"] |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
         elif kind == "run":
+            out["id"] = rec.run.run_id
+            out["name"] = rec.run.display_name
             out["group"] = rec.run.run_group
             out["job_type"] = rec.run.job_type
             out["config"] |= {item.key for item in rec.run.config.update}
+        elif kind == "artifact":
+            art = rec.artifact
+            out["artifacts"].append({"type": art.type, "name": art.name, "digest": art.digest,
+                                     "used": art.use_after_commit, "refs": [e.ref for e in art.manifest.contents]})
+        elif kind == "use_artifact":
+            out["artifacts"].append({"type": rec.use_artifact.type, "name": rec.use_artifact.name, "digest": None,
+                                     "used": True, "refs": []})
         elif kind == "config":
             out["config"] |= {item.key for item in rec.config.update}
         elif kind == "summary":
@@ -65,11 +80,16 @@ def summarize(path: str | Path) -> dict:
 
 
 def finished_run_file(run_dir: Path, timeout_s: float = 15.0) -> Path:
-    """The offline run file once W&B has written its exit record. wandb 0.31 can return from `finish()` before its
-    writer has flushed the file (seen here: 1 in 12 runs still held only the 7-byte header), so wait for it."""
+    """The offline run file of the one run in `run_dir` once W&B has written its exit record."""
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    return wait_finished(run_file, timeout_s)
+
+
+def wait_finished(run_file: Path, timeout_s: float = 15.0) -> Path:
+    """`run_file` once it holds its exit record. wandb 0.31 can return from `finish()` before its writer has
+    flushed the file (seen here: 1 in 12 runs still held only the 7-byte header), so wait for it."""
     from google.protobuf.message import DecodeError
 
-    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -188,8 +188,12 @@ def _load_models(cfg: PPOConfig, tokenizer, checkpoint: Path | None) -> tuple[An
 
 def run(cfg: PPOConfig) -> StageResult:
     """The PPO loop: rollout, rewards and advantages, PPO epochs, metrics, checkpoints; then the final save."""
+    import json
+
     import transformers
     from tqdm.auto import tqdm
+
+    from align import health, plots
 
     out, p = Path(cfg.train.output_dir), cfg.ppo
     resume_from = runner.prepare_output_dir(cfg.train)
@@ -204,7 +208,8 @@ def run(cfg: PPOConfig) -> StageResult:
         start = ppo_outputs.load_checkpoint(b, Path(resume_from)) if resume_from else 0
         bar = tqdm(total=b.total_updates, initial=start, desc="ppo", unit="update", dynamic_ncols=True,
                    disable=not is_main)
-        started, first, metrics = time.perf_counter(), {}, {}
+        started, first, metrics, last = time.perf_counter(), {}, {}, start
+        reporter = health.HealthReporter(health.HealthMonitor(cfg.tracking.health, max_steps=b.total_updates), tracker)
         for update in range(start + 1, b.total_updates + 1):
             t0 = time.perf_counter()
             queries = ppo_rollout.left_pad(b.prompts.next(), b.sampler.pad_id, acc.device)
@@ -215,14 +220,19 @@ def run(cfg: PPOConfig) -> StageResult:
             t1 = time.perf_counter()
             stats = _optimise(cfg, b, exp, shaped)
             timing.update(train=time.perf_counter() - t1, update=time.perf_counter() - t0)
-            metrics = _metrics(cfg, b, exp, shaped, stats, timing, update)
+            metrics, last = _metrics(cfg, b, exp, shaped, stats, timing, update), update
+            first = first or metrics
+            # Every update is checked, logged or not. Metrics are reduced over processes, so all of them stop
+            # together on a NaN loss, before this update's broken weights can reach a checkpoint.
+            reporter.observe(update, metrics)
+            if update % cfg.train.logging_steps == 0 or reporter.stopped_on_fatal:
+                tracker.log(metrics, step=update)
+            if reporter.stopped_on_fatal:
+                break
             b.kl_controller.update(metrics["objective/kl"], p.rollout_batch_size)
             b.scheduler.step()
-            first = first or metrics
             if p.sample_every and update % p.sample_every == 0:
                 ppo_outputs.write_samples(b, tracker, exp, shaped.scores, update, out)
-            if update % cfg.train.logging_steps == 0:
-                tracker.log(metrics, step=update)
             bar.update(1)
             bar.set_postfix_str(f"score {metrics['objective/scores']:.3f} | kl {metrics['objective/kl']:.3f} | "
                                 f"{timing['update']:.2f} s/update")
@@ -230,18 +240,33 @@ def run(cfg: PPOConfig) -> StageResult:
                 ppo_outputs.save_checkpoint(b, out, update, keep=cfg.train.save_total_limit)
         bar.close()
         runtime = time.perf_counter() - started
-        summary = {"steps": b.total_updates, "train_runtime_s": round(runtime, 2),
-                   "s_per_update": round(runtime / max(1, b.total_updates - start), 3)}
+        summary = {"steps": last, "train_runtime_s": round(runtime, 2),
+                   "s_per_update": round(runtime / max(1, last - start), 3)}
         if metrics:  # none when resuming a run that had already finished its updates
             summary.update({"objective/scores_first": first["objective/scores"],
                             **{k: metrics[k] for k in ("objective/scores", "objective/kl", "objective/rlhf_reward")}})
+        fatal = reporter.fatal
+        stopped = {"stopped": f"stopped on the fatal health alert {fatal.name} at update {fatal.step}"} if fatal else {}
         if is_main:
-            ppo_outputs.save_final(b, out, summary, merged=cfg.save_merged)
+            plots.plot_finished_run(out)
+            if fatal:
+                record = {"stage": "ppo", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": summary,
+                          "data": b.stage_data.report, "dropped": dict(b.stage_data.dropped),
+                          "stopping": runner.stopped_by(fatal, out)}
+                log.warning("ppo stopped at update %d on %s; the final model was not saved, the last checkpoint "
+                            "(%s) holds the latest good weights", last, fatal.name,
+                            record["stopping"]["last_checkpoint"])
+            else:
+                ppo_outputs.save_final(b, out, summary, merged=cfg.save_merged)
+                tracker.log_model(out)
+                record = json.loads((out / runner.SUMMARY).read_text(encoding="utf-8"))
+            record["health"] = reporter.summary()  # save_final knows nothing of health: summary.json gets it here
+            (out / runner.SUMMARY).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         acc.wait_for_everyone()
         tracker.summary(summary)
     finally:
         notes = tracker.finish()
-    return StageResult(stage="ppo", output_dir=out, metrics=summary, notes=notes)
+    return StageResult(stage="ppo", output_dir=out, metrics=summary, notes={**notes, **stopped})
 
 
 @dataclass

@@ -82,7 +82,7 @@ def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
     transformers.set_seed(cfg.train.seed)  # a fresh score head initialises from the global generator
     model = models.load_sequence_classifier(cfg.model, model_path, pad_token_id=tokenizer.pad_token_id)
     has_eval = bool(eval_rows)
-    stage_controls = runner.controls(cfg.model, cfg.train, model, tracker)
+    stage_controls = runner.controls(cfg, model, tracker)
     arguments = runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval, default_metric="eval_accuracy")
     arguments["per_device_eval_batch_size"] = runner.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
     args = trl.RewardConfig(

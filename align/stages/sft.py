@@ -91,7 +91,7 @@ def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
         eval_rows = packing.pack(eval_rows, cfg.train.max_length) if has_eval else eval_rows
         collator = packing.PackedCollator(pad_token_id=tokenizer.pad_token_id, dtype=model.dtype)
         log.info("packed into %d train sequences of up to %d tokens", len(train_rows), cfg.train.max_length)
-    stage_controls = runner.controls(cfg.model, cfg.train, model, tracker)
+    stage_controls = runner.controls(cfg, model, tracker, tokenizer=tokenizer, stage_data=stage_data)
     args = trl.SFTConfig(
         **runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval),
         max_length=cfg.train.max_length,
