@@ -8,6 +8,8 @@ Starting from an sft LoRA adapter dir, `sft_adapter` chooses between merging it 
 - continue: the sft adapter itself keeps training (its own rank and targets); reference = a frozen merged copy.
 Pairs whose prompt alone fills train.max_length have no reply token left to train on; TRL drops them without a
 count, we drop them first and count them in summary.json.
+With precompute_ref_log_probs the reference scores every pair once before training; with ref_cache those log-probs
+are kept on disk and reused by later runs with the same reference and data (align/ref_cache.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from align import data, models, runner
+from align import data, models, ref_cache, runner
 from align.errors import ConfigError, ModelError
 from align.runner import StageResult
 from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
@@ -55,7 +57,12 @@ class DPOConfig:
     """Assumed probability that a preference label is flipped: conservative DPO (sigmoid), robust ([0, 0.5)),
     exo_pair (> 0; the paper uses 1e-3)."""
     precompute_ref_log_probs: bool = False
-    """Compute the reference log-probs of every pair once, before training, so no reference stays in memory."""
+    """Compute the reference log-probs of every pair once, before training, instead of a reference forward pass at
+    every step; no reference model stays in memory while training."""
+    ref_cache: bool = True
+    """With precompute_ref_log_probs: persist those log-probs under $ALIGN_CACHE_DIR/ref_logps/ and reuse them when
+    the reference weights, tokenized pairs, max_length and TRL version match (re-runs, resumes, sweeps over beta or
+    the loss). No effect without precompute_ref_log_probs."""
     save_merged: bool = False
     """With LoRA: also save the policy merged into its base weights under <output_dir>/merged."""
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
@@ -86,10 +93,16 @@ class DPOConfig:
                             "with; leave model.lora.enabled=false and model.freeze unset")
         if self.save_merged and not (self.model.lora.enabled or self.sft_adapter == "continue"):
             problems.append("save_merged: only applies when training an adapter (model.lora.enabled=true)")
+        if self.precompute_ref_log_probs and self.trainer_overrides.get("sync_ref_model"):
+            problems.append("trainer_overrides.sync_ref_model: moves the reference during training, so log-probs "
+                            "precomputed before it go stale; set precompute_ref_log_probs=false to use it")
+        if self.trainer_overrides.get("padding_free"):
+            problems.append("trainer_overrides.padding_free: trl.DPOTrainer 1.16 ignores it and pads as usual (its "
+                            "padding-free path is disabled since TRL's DPO refactor); remove it")
         problems += runner.check_trainer_overrides(
             self.trainer_overrides, "DPOConfig",
             {**runner.OWNED_ARGUMENTS, **{k: k for k in ("beta", "loss_type", "loss_weights", "label_smoothing",
-                                                       "precompute_ref_log_probs")}},
+                                                       "precompute_ref_log_probs", "ref_cache")}},
         )
         return problems
 
@@ -112,7 +125,7 @@ def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
 
     policy, reference, described = _load_models(cfg, model_path, tokenizer)
     has_eval = bool(eval_rows)
-    stage_controls = runner.controls(cfg.model, cfg.train, policy, tracker)
+    stage_controls = runner.controls(cfg, policy, tracker, tokenizer=tokenizer, stage_data=stage_data)
     arguments = runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
                                           default_metric="eval_rewards/accuracies")
     arguments["per_device_eval_batch_size"] = runner.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
@@ -126,7 +139,14 @@ def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         **cfg.trainer_overrides,
     )
-    trainer = trl.DPOTrainer(
+    trainer_class, precompute, summary = trl.DPOTrainer, {}, {"reference": described}
+    if cfg.precompute_ref_log_probs:
+        # Hashed before TRL adds a fresh LoRA adapter, `policy` is the reference (with sft_adapter=continue: base +
+        # the sft adapter, which TRL copies as the frozen reference adapter).
+        ref_logps = ref_cache.RefLogps.create(reference or policy, args, tokenizer, persist=cfg.ref_cache)
+        trainer_class, precompute = ref_cache.dpo_trainer(trl), {"ref_logps": ref_logps}
+        summary["reference_log_probs"] = ref_logps.report
+    trainer = trainer_class(
         model=policy,
         ref_model=reference,
         args=args,
@@ -135,12 +155,13 @@ def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
         processing_class=tokenizer,
         peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora),
         callbacks=stage_controls.callbacks,
+        **precompute,
     )
     trainable, total = models.count_parameters(trainer.model)
     log.info("dpo: %s, %d train / %d eval pairs, %s of %s parameters trainable; reference: %s",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}", described)
     return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls,
-                               summary={"reference": described})
+                               summary=summary)
 
 
 def run(cfg: DPOConfig) -> StageResult:

@@ -197,3 +197,48 @@ def test_dpo_config_errors(tmp_path, tiny_model_dir, pair_files):
     with pytest.raises(ModelError, match="does not exist"):
         stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files, f"reference={tmp_path}/no-such-model",
                                    "train.overwrite=true"))
+
+
+def test_dpo_continue_precomputes_and_caches_the_sft_reference(tmp_path, sft_adapter_dir, pair_files):
+    """With sft_adapter=continue the reference is TRL's frozen copy of the sft adapter, so the precomputed (and
+    cached) log-probs are those of the merged sft model, not of the base."""
+    import numpy as np
+
+    from align import ref_cache
+
+    cfg = make_cfg(tmp_path, sft_adapter_dir, pair_files, "sft_adapter=continue", "precompute_ref_log_probs=true",
+                   "data.eval=[]")
+    trainer = dpo.build(cfg, tracking.Tracker(cfg.tracking, tmp_path / "out", stage="dpo", run_config={})).trainer
+    row = trainer.train_dataset[0]
+    ids = row["prompt_ids"] + row["chosen_ids"]
+
+    def reply_logps(model) -> float:
+        token_logps = torch.log_softmax(_logits(model, ids)[0, :-1], dim=-1)[torch.arange(len(ids) - 1), ids[1:]]
+        return token_logps[len(row["prompt_ids"]) - 1:].sum().item()
+
+    expected = reply_logps(models.load_causal_lm(ModelConfig(name_or_path=str(sft_adapter_dir))))
+    base = reply_logps(models.load_causal_lm(ModelConfig(name_or_path=adapter_config_base(sft_adapter_dir))))
+    assert abs(expected - base) > 1e-2
+    assert row["ref_chosen_logps"] == pytest.approx(expected, abs=1e-4)
+    stored = np.load(ref_cache.cache_root() / trainer.ref_logps.report["train"]["key"] / ref_cache.VALUES_FILE)
+    assert stored["ref_chosen_logps"][0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_dpo_rejects_padding_free_which_trl_ignores(tmp_path, tiny_model_dir, pair_files):
+    """TRL 1.16 turns `padding_free` off with a warning and pads as usual; we reject it rather than ignore it.
+    The TRL half fails once TRL brings padding-free DPO back, which is the time to expose it."""
+    import datasets
+    import trl
+
+    with pytest.raises(ConfigError, match="trainer_overrides.padding_free: trl.DPOTrainer 1.16 ignores it"):
+        make_cfg(tmp_path, tiny_model_dir, pair_files, "trainer_overrides={padding_free: true}")
+
+    rows = [json.loads(line) for line in pair_files[0].read_text().splitlines()]
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), padding_free=True, use_cpu=True, report_to=[],
+                         bf16=False)
+    model = models.load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir)))
+    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=models.load_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir))))
+    assert trainer.padding_free is False
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert "position_ids" not in batch and (batch["attention_mask"] == 0).any(), "a padded batch, not a packed one"
