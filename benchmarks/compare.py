@@ -1,115 +1,152 @@
-"""Time align's stages against plain TRL scripts doing the same work, back to back, and print a table.
+"""align against the libraries it wraps, on the same model, data and hyper-parameters, back to back.
 
-    python benchmarks/compare.py --stages sft,dpo --model smollm2-135m-instruct --steps 8
+    .venv/bin/python benchmarks/compare.py                      # the real default model; writes benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/compare.py --model tiny --steps 4 --ppo-steps 4 --rounds 1 --out /tmp/RESULTS.md
 
-Each run is a child process of this one (benchmarks/measure.py records its peak RSS). Seconds per step are the
-median gap between consecutive optimizer-step log lines, skipping the first step (warm-up); tokens/s is input
-tokens (prompt and reply, padding included, as the trainers count them) over the same span.
+Runs SFT and DPO, full and LoRA, through `align` and through a plain TRL script (benchmarks/raw_trl.py), and PPO
+through `align` and TRL 1.12's PPOTrainer (its own venv; benchmarks/ppo_parity.py's tiny setup, TRL's gc.collect()
+calls as shipped and patched out). Each run is a fresh child process; the implementations alternate (A B, B A, ...)
+for --rounds rounds and the table shows medians: seconds/step, tokens/s, peak memory (RSS on CPU; on a GPU also
+torch.cuda.max_memory_allocated and MFU against the measured bf16 matmul peak) and the ratio align / theirs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import subprocess
+import os
+import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-import yaml
+import compare_report as report
+import compare_runs as runs
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = {"sft": REPO / "examples/data/sft_chat.jsonl", "dpo": REPO / "examples/data/preference.jsonl"}
+OUT_MD = REPO / "benchmarks" / "RESULTS.md"
 
 
-def measure(cmd: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/measure.py"), *cmd], capture_output=True, text=True)
-    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
-    stats = json.loads(last)
-    if stats.get("returncode") != 0:
-        raise SystemExit(f"command failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return stats
-
-
-def step_stats(lines: list[dict]) -> dict:
-    steps = [m for m in lines if "loss" in m and "time" in m]
-    gaps = [b["time"] - a["time"] for a, b in zip(steps[1:], steps[2:])] or [0.0]
-    tokens = steps[-1]["num_input_tokens_seen"] - steps[1]["num_input_tokens_seen"] if len(steps) > 2 else 0
-    span = steps[-1]["time"] - steps[1]["time"] if len(steps) > 2 else 0
-    return {"s_per_step": statistics.median(gaps), "tokens_per_s": tokens / span if span else 0.0,
-            "steps": len(steps)}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def run_align(stage: str, model: str, args, work: Path) -> dict:
-    out = work / f"align-{stage}"
-    cfg = {"stage": stage, "model": {"name_or_path": model, "lora": {"enabled": args.lora}},
-           "data": {"train": [str(DATA[stage])]},
-           "train": {"output_dir": str(out), "max_steps": args.steps, "batch_size": args.batch_size,
-                     "max_length": args.max_length, "learning_rate": 1e-5, "lr_scheduler": "constant",
-                     "save_steps": 10_000, "num_threads": args.threads, "logging_steps": 1}}
-    path = work / f"{stage}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    stats = measure([sys.executable, "-m", "align.cli", "--log-level", "WARNING", stage, "--config", str(path)])
-    return {**stats, **step_stats(read_jsonl(out / "metrics.jsonl"))}
-
-
-def run_trl(stage: str, model: str, args, work: Path) -> dict:
-    out = work / f"trl-{stage}"
-    cmd = [sys.executable, str(REPO / "benchmarks/raw_trl.py"), stage, "--model", model, "--data", str(DATA[stage]),
-           "--out", str(out), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--max-length", str(args.max_length), "--threads", str(args.threads)] + (["--lora"] if args.lora else [])
-    stats = measure(cmd)
-    return {**stats, **step_stats(read_jsonl(out / "steps.jsonl"))}
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", default="sft,dpo")
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--stages", default="sft,dpo,ppo", help="comma-separated: sft, dpo, ppo")
+    p.add_argument("--variants", default="full,lora", help="SFT and DPO: full fine-tuning, LoRA, or both")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, checkpoint dir, or 'tiny' (random)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--lora", action="store_true")
-    p.add_argument("--json-out", default=None, help="also write the rows as JSON")
-    args = p.parse_args()
+    p.add_argument("--threads", type=int, default=1, help="torch threads in every run")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each implementation, alternating order")
+    p.add_argument("--ppo-steps", type=int, default=10, help="PPO updates per run")
+    p.add_argument("--trl-python", default="/tmp/venv-trl112/bin/python", help="python of a venv with trl 1.12")
+    p.add_argument("--workdir", default=None, help="keep run inputs here (default: a temporary dir)")
+    p.add_argument("--out", default=str(OUT_MD), help="where to write the markdown report")
+    p.add_argument("--json-out", default=None, help="also write every run's measurements as JSON")
+    p.add_argument("--note", default=None, help="a line for RESULTS.md's setup, e.g. what else the machine ran")
+    return p.parse_args()
 
-    sys.path.insert(0, str(REPO))
-    from align import registry
 
-    model = registry.resolve(args.model)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for stage in args.stages.split(","):
-            theirs = run_trl(stage, model, args, Path(tmp))
-            ours = run_align(stage, model, args, Path(tmp))
-            rows.append((stage, theirs, ours))
+def resolve_model(name: str, work: Path) -> str:
+    """A checkpoint dir for both sides: 'tiny' builds tests/tiny.py's random 2-layer Llama, an alias is pulled."""
+    if name != "tiny":
+        sys.path.insert(0, str(REPO))
+        from align import models
 
+        return models.resolve_path(name)
     import torch
-    import transformers
-    import trl
+    from transformers import LlamaForCausalLM
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, trl {trl.__version__}; model {args.model}, {args.steps} steps, batch "
-          f"{args.batch_size}, max_length {args.max_length}, lora {args.lora}, threads {args.threads or 'auto'}")
-    header = f"{'stage':6} {'impl':6} {'s/step':>8} {'tokens/s':>9} {'peak RSS MB':>12} {'wall s':>7}"
-    print(header)
-    print("-" * len(header))
-    for stage, theirs, ours in rows:
-        for name, r in (("trl", theirs), ("align", ours)):
-            print(f"{stage:6} {name:6} {r['s_per_step']:8.3f} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.1f} "
-                  f"{r['wall_s']:7.1f}")
-        print(f"{stage:6} {'ratio':6} {ours['s_per_step'] / theirs['s_per_step']:8.3f} "
-              f"{'':9} {ours['peak_rss_mb'] / theirs['peak_rss_mb']:12.3f}   (align / trl)")
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny import build_tiny_tokenizer, llama_config
+
+    out = work / "tiny-model"
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def parameters(model_dir: str) -> tuple[int, int]:
+    """(all parameters, those in matrix multiplies) of the checkpoint, counted on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return total, report.matmul_parameters(total, model.get_input_embeddings().weight.numel(), tied)
+
+
+def measured_peak_flops(size: int = 8192, repeats: int = 50) -> float:
+    """The GPU's bf16 matmul throughput, measured: the denominator of MFU."""
+    import torch
+
+    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def main() -> int:
+    args = parse_args()
+    stages = args.stages.split(",")
+    variants = [v == "lora" for v in args.variants.split(",")]
+    jobs = [runs.Job(stage, lora) for stage in ("sft", "dpo") if stage in stages for lora in variants]
+    jobs += [runs.Job("ppo")] if "ppo" in stages else []
+    if "ppo" in stages and not Path(args.trl_python).is_file():
+        raise SystemExit(f"{args.trl_python} not found; create the TRL 1.12 venv (see benchmarks/ppo_parity.py)")
+    import torch
+
+    gpu = torch.cuda.is_available()
+    load_start, started = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M %Z")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        settings = runs.Settings(model=resolve_model(args.model, work), steps=args.steps, batch_size=args.batch_size,
+                                 max_length=args.max_length, threads=args.threads, ppo_steps=args.ppo_steps,
+                                 trl_python=args.trl_python, work=work)
+        if "ppo" in stages:
+            runs.prepare_ppo(settings)
+        results = {job.name: {impl: [] for impl in job.impls} for job in jobs}
+        for r in range(args.rounds):
+            for job in jobs:
+                for impl in job.impls if r % 2 == 0 else reversed(job.impls):
+                    result = runs.run(job, impl, settings, f"r{r + 1}")
+                    results[job.name][impl].append(result)
+                    print(f"round {r + 1} {job.name:9} {impl:8} {result['s_per_step']:.3f} s/step, peak RSS "
+                          f"{result['peak_rss_mb']:.0f} MB, load {os.getloadavg()[0]:.2f}", flush=True)
+        commands = {job.name: runs.commands(job, settings) for job in jobs}
+        total, matmul = parameters(settings.model)
+    load_end = os.getloadavg()
+
+    mfus = {}
+    if gpu:
+        peak = measured_peak_flops()
+        for job in jobs:
+            per_token = report.flops_per_token(matmul, job.stage, job.lora)
+            for impl in job.impls:
+                mfus[job.name, impl] = report.mfu(report.median_of(results[job.name][impl], "tokens_per_s"),
+                                                  per_token, peak)
+    lines = report.table(jobs, results, gpu, mfus) + [""] + report.verdicts(jobs, results, gpu)
+    print("\n".join(lines))
+    context = {"started": started, "load": (load_start, load_end), "gpu": gpu, "parameters": (total, matmul),
+               "command": shlex.join(["python", "benchmarks/compare.py", *sys.argv[1:]]), "commands": commands,
+               "trl_python": args.trl_python, "args": vars(args), "has_ppo": "ppo" in stages}
+    Path(args.out).write_text(report.render(lines, context))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps([{"stage": s, "trl": t, "align": o} for s, t, o in rows], indent=2))
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

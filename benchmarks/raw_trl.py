@@ -1,31 +1,19 @@
 """The same SFT or DPO work as `align`, written as a plain TRL script, for side-by-side timing (compare.py).
 
-Logs each optimizer step's wall clock and input tokens seen to <out>/steps.jsonl, the way align writes
-metrics.jsonl, so both are timed from the same trainer callback.
+Hyper-parameters are align's for the same config: where TRL's defaults differ (gradient checkpointing is on by
+default in trl.SFTConfig and trl.DPOConfig, off in align), they are set here. compare.py times the steps from
+outside (compare_child.py), so this script adds no callback of its own.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
 import trl
 from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-
-class StepLog(TrainerCallback):
-    def __init__(self, path: Path):
-        self.file = path.open("w")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.file.write(json.dumps({"step": state.global_step, "time": time.time(), **logs,
-                                        "num_input_tokens_seen": state.num_input_tokens_seen}) + "\n")
-            self.file.flush()
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main() -> None:
@@ -47,12 +35,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    # align's dtype "auto": bf16 on GPUs that support it, fp32 on CPU.
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if bf16 else torch.float32)
     dataset = load_dataset("json", data_files=args.data, split="train")
-    common = dict(output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                  learning_rate=args.lr, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-                  report_to=[], bf16=False, use_cpu=not torch.cuda.is_available(), max_length=args.max_length,
-                  include_num_input_tokens_seen=True, disable_tqdm=True)
+    common = {"output_dir": str(out), "max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
+              "learning_rate": args.lr, "lr_scheduler_type": "constant", "logging_steps": 1, "save_strategy": "no",
+              "report_to": [], "bf16": bf16, "use_cpu": not torch.cuda.is_available(), "max_length": args.max_length,
+              "include_num_input_tokens_seen": True, "disable_tqdm": True, "gradient_checkpointing": False}
     peft_config = None
     if args.lora:
         import peft
@@ -61,11 +51,13 @@ def main() -> None:
                                       task_type="CAUSAL_LM")
     if args.stage == "sft":
         trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common), train_dataset=dataset,
-                                 processing_class=tokenizer, peft_config=peft_config, callbacks=[StepLog(out / "steps.jsonl")])
+                                 processing_class=tokenizer, peft_config=peft_config)
     else:
         trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, beta=0.1), train_dataset=dataset,
-                                 processing_class=tokenizer, peft_config=peft_config, callbacks=[StepLog(out / "steps.jsonl")])
+                                 processing_class=tokenizer, peft_config=peft_config)
     trainer.train()
+    trainer.save_model(str(out))  # align saves its final model too
+    tokenizer.save_pretrained(out)
 
 
 if __name__ == "__main__":
