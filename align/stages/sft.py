@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from align import chat, config, data, models, packing, runner
+from align import chat, data, models, packing, runner
 from align.errors import ConfigError
 from align.runner import StageResult
 from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
@@ -50,15 +49,7 @@ class SFTConfig:
         return problems
 
 
-@dataclass
-class SFTBuild:
-    trainer: Any
-    tokenizer: Any
-    stage_data: data.StageData
-    controls: runner.Controls
-
-
-def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
+def build(cfg: SFTConfig, tracker: Tracker) -> runner.TrainerBuild:
     """Load tokenizer, data and model and return a ready trainer. Trains nothing."""
     import datasets
     import trl
@@ -112,38 +103,9 @@ def build(cfg: SFTConfig, tracker: Tracker) -> SFTBuild:
     trainable, total = models.count_parameters(trainer.model)
     log.info("sft: %s, %d train / %d eval examples, %s of %s parameters trainable", cfg.model.name_or_path,
              len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}")
-    return SFTBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls)
+    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
+                               controls=stage_controls)
 
 
 def run(cfg: SFTConfig) -> StageResult:
-    out = Path(cfg.train.output_dir)
-    resume_from = runner.prepare_output_dir(cfg.train)
-    is_main = runner.is_main_process()
-    if is_main:
-        config.save_config(cfg, out)
-    tracker = Tracker(cfg.tracking, out, stage="sft", run_config=config.to_dict(cfg), is_main=is_main)
-    try:
-        built = build(cfg, tracker)
-        trainer = built.trainer
-
-        def save(path: Path) -> None:
-            trainer.save_model(str(path))
-            if is_main:
-                built.tokenizer.save_pretrained(path)
-                if cfg.save_merged:
-                    models.save_merged(trainer.model, built.tokenizer, path / "merged")
-
-        trainable, total = models.count_parameters(trainer.model)
-        result = runner.train_and_save(
-            trainer, stage="sft", output_dir=out, resume_from=resume_from,
-            has_eval=trainer.eval_dataset is not None, save=save,
-            extra_summary={"data": built.stage_data.report, "dropped": dict(built.stage_data.dropped),
-                           "parameters": {"trainable": trainable, "total": total},
-                           "lora": cfg.model.lora.enabled},
-            stage_controls=built.controls,
-        )
-        tracker.summary(result.metrics)
-    finally:
-        result_notes = tracker.finish()
-    result.notes.update(result_notes)
-    return result
+    return runner.run_trainer_stage(cfg, "sft", build)
