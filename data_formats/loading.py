@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from data_formats.detect import detect_format
@@ -93,8 +96,26 @@ def load_source(source: Source | str, kind: str, *, on_error: str = "raise") -> 
     return Loaded(rows, report)
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Rows are trees of dicts and lists, freed by reference counting alone; the cyclic collector would only rescan
+    the growing heap as they are built (a fifth of the time of a 100k-row file)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def convert_source(source: Source, kind: str | None, on_error: str) -> tuple[list[dict], Report]:
     """Every valid canonical row and the full report, whatever the problems (`kind=None`: the format's own kind)."""
+    with _cyclic_gc_paused():
+        return _convert_source(source, kind, on_error)
+
+
+def _convert_source(source: Source, kind: str | None, on_error: str) -> tuple[list[dict], Report]:
     records = read_records(source.path, source.split)
     values = [value for _, value in records.items]
     if source.columns:

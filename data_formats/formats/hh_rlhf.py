@@ -56,14 +56,18 @@ def parse_turns(text: str, field: str) -> list[dict]:
     if text.startswith(("Human:", "Assistant:")):
         text = "\n\n" + text
     human_parts = text.split(HUMAN)
-    before_first_human = human_parts[0].split(ASSISTANT)
-    if before_first_human[0].strip():
-        raise RowProblem(BAD_VALUE, f"{field} transcript does not start with a 'Human:' or 'Assistant:' turn")
-    turns = [{"role": "assistant", "content": reply.strip()} for reply in before_first_human[1:]]
+    turns = []
+    if human_parts[0]:
+        before_first_human = human_parts[0].split(ASSISTANT)
+        if before_first_human[0].strip():
+            raise RowProblem(BAD_VALUE, f"{field} transcript does not start with a 'Human:' or 'Assistant:' turn")
+        turns = [{"role": "assistant", "content": reply.strip()} for reply in before_first_human[1:]]
+    append = turns.append
     for part in human_parts[1:]:
         user_text, *replies = part.split(ASSISTANT)
-        turns.append({"role": "user", "content": user_text.strip()})
-        turns.extend({"role": "assistant", "content": reply.strip()} for reply in replies)
+        append({"role": "user", "content": user_text.strip()})
+        for reply in replies:
+            append({"role": "assistant", "content": reply.strip()})
     return turns
 
 
