@@ -17,4 +17,4 @@ class ModelError(AlignError):
 
 USER_ERRORS = (AlignError, DataFormatError)
 
-__all__ = ["AlignError", "ConfigError", "DataFormatError", "ModelError", "USER_ERRORS"]
+__all__ = ["USER_ERRORS", "AlignError", "ConfigError", "DataFormatError", "ModelError"]

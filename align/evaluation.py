@@ -550,8 +550,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# align eval", "",
         f"- data: `{data['path']}` ({data['format']}): {data['prompts']} prompts, {data['pairs']} preference pairs",
-        f"- sampling: {sampling}, up to {settings['max_new_tokens']} new tokens, seed {settings['seed']}; KL "
-        f"estimator {settings['kl_estimator']}; beta {settings['beta']:g}",
+        (f"- sampling: {sampling}, up to {settings['max_new_tokens']} new tokens, seed {settings['seed']}; KL "
+         f"estimator {settings['kl_estimator']}; beta {settings['beta']:g}"),
     ]
     judge = report["judge"]
     if judge:
@@ -565,6 +565,6 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [cell(c, section, key) for c in columns]
         if any(value is not None for value in cells):
             lines.append(f"| {label} | " + " | ".join(value or "–" for value in cells) + " |")
-    lines += ["", "Win rate: ties count 0.5; brackets hold the 95% bootstrap interval. Reply length counts the EOS. "
-              "Repeated 4-gram rate: fraction of replies in which some 4 consecutive tokens occur twice.", ""]
+    lines += ["", ("Win rate: ties count 0.5; brackets hold the 95% bootstrap interval. Reply length counts the EOS. "
+                   "Repeated 4-gram rate: fraction of replies in which some 4 consecutive tokens occur twice."), ""]
     return "\n".join(lines)

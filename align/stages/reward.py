@@ -72,7 +72,7 @@ def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
         return {f"{side}_ids": tokenizer(chat.reward_text(tokenizer, row["prompt"], row[side], tools=row.get("tools")),
                                          add_special_tokens=False)["input_ids"] for side in ("chosen", "rejected")}
 
-    limits = dict(max_length=cfg.train.max_length, drop_long=True, dropped=dropped)
+    limits = {"max_length": cfg.train.max_length, "drop_long": True, "dropped": dropped}
     train_rows = data.tokenize_all(stage_data.train, tokenize, split="train", **limits)
     eval_rows = data.tokenize_all(stage_data.eval, tokenize, split="eval", **limits)
     stage_data.dropped = dropped

@@ -64,7 +64,7 @@ def build(cfg: SFTConfig, tracker: Tracker) -> runner.TrainerBuild:
     def tokenize(row: dict) -> dict:
         return chat.tokenize_sft_row(tokenizer, row, assistant_only=cfg.assistant_only_loss)
 
-    limits = dict(max_length=cfg.train.max_length, drop_long=cfg.data.drop_long, dropped=dropped)
+    limits = {"max_length": cfg.train.max_length, "drop_long": cfg.data.drop_long, "dropped": dropped}
     train_rows = data.tokenize_all(stage_data.train, tokenize, split="train", **limits)
     eval_rows = data.tokenize_all(stage_data.eval, tokenize, split="eval", **limits)
     stage_data.dropped = dropped
