@@ -3,6 +3,7 @@ the LoRA memory check, and the child wrapper that reads peak CUDA memory. No tra
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import subprocess
@@ -137,3 +138,45 @@ def test_parameters_counts_the_checkpoint_on_the_meta_device(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     total = sum(p.numel() for p in model.parameters())
     assert compare.parameters(str(tiny_model_dir)) == (total, total - model.get_input_embeddings().weight.numel())
+
+
+@pytest.mark.parametrize(("shape", "millions"), [("smollm2-135m", 134.5), ("qwen2.5-0.5b", 494.0),
+                                                 ("qwen2.5-1.5b", 1543.7)])
+def test_gpu_benchmark_shapes_have_the_real_models_sizes(shape, millions):
+    import bench_gpu
+    import torch
+    from tiny import build_tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(bench_gpu.model_config(shape, build_tiny_tokenizer()))
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.1)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_gpu_benchmark_stage_configs_are_valid_align_configs(tmp_path, stage):
+    import bench_gpu
+    import yaml
+
+    from align import stages
+
+    args = argparse.Namespace(steps=5, batch_size=8, seq_len=2048, liger=True, gradient_checkpointing=False)
+    cfg = bench_gpu.stage_config(stage, tmp_path / "model", tmp_path / "data.jsonl", tmp_path / "out", args, "sdpa")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = stages.load(stage, path)
+    assert loaded.train.max_length == (2048 if stage == "sft" else 1024)
+    assert loaded.trainer_overrides == {"use_liger_kernel": True}
+    assert getattr(loaded, "packing", False) is (stage == "sft")
+
+
+def test_gpu_benchmark_table_gives_mfu_and_the_dpo_to_sft_ratio():
+    import bench_gpu
+
+    args = argparse.Namespace(shapes="qwen2.5-0.5b", stages="sft,dpo", steps=12, batch_size=8, seq_len=2048,
+                              liger=False, gradient_checkpointing=False)
+    rows = [{"shape": "qwen2.5-0.5b", "params": 494e6, "stage": stage, "s_per_step": 1.0, "tokens_per_s": tps,
+             "mfu": mfu, "cuda_peak_mb": 1000.0} for stage, tps, mfu in (("sft", 1000.0, 0.41), ("dpo", 650.0, 0.35))]
+    text = "\n".join(bench_gpu.render(rows, args, "sdpa", "NVIDIA H200", 7.9e14, "now"))
+    assert "| qwen2.5-0.5b | 494.0M | sft | 1.000 | 1,000 | 41.0% | 1000 |" in text
+    assert "| qwen2.5-0.5b | 0.65 |" in text and "790 TFLOP/s" in text and "NVIDIA H200" in text
