@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import compare_report as report
 import compare_runs as runs
-import yaml
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -158,16 +158,15 @@ def main() -> int:
             total, matmul = parameters(str(model))
             for stage in stages:
                 out = work / f"{shape}-{stage}"
-                cfg_path = out.with_name(out.name + ".yaml")
-                cfg_path.write_text(yaml.safe_dump(stage_config(stage, model, data[stage], out, args, attn)))
+                cfg_path = runs.write_config(stage_config(stage, model, data[stage], out, args, attn), out)
                 stats = runs.measure(sys.executable, ["-m", "align.cli", "--log-level", "WARNING", stage,
                                                       "--config", str(cfg_path)], out, cwd=REPO)
+                shutil.rmtree(out, ignore_errors=True)  # a saved 1.5B model is 3 GB; only the timings are kept
                 timing = runs.step_stats(stats.pop("steps"))
                 tps = timing["tokens_per_s"]
-                rows.append({"shape": shape, "params": total, "stage": stage, **timing,
-                             "cuda_peak_mb": stats.get("cuda_peak_mb"), "peak_rss_mb": stats.get("peak_rss_mb"),
-                             "mfu": report.mfu(tps, report.flops_per_token(matmul, stage, False), peak)})
-                mfu = rows[-1]["mfu"]
+                mfu = report.mfu(tps, report.flops_per_token(matmul, stage, False), peak)
+                rows.append({"shape": shape, "params": total, "stage": stage, **timing, "mfu": mfu,
+                             "cuda_peak_mb": stats.get("cuda_peak_mb"), "peak_rss_mb": stats.get("peak_rss_mb")})
                 print(f"{shape:13} {stage}: {timing['s_per_step']:.3f} s/step, {tps or 0:,.0f} tokens/s, MFU "
                       + (f"{mfu:.1%}" if mfu is not None else "not measured"), flush=True)
     device = torch.cuda.get_device_name() if gpu else "CPU (no GPU: MFU not measured)"
