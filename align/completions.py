@@ -125,6 +125,14 @@ def reply_tokens(response: list[int], has_eos: bool) -> list[int]:
     return response[:-1] if has_eos else response
 
 
+def repetition_rate(replies: list[list[int]], eos_id: int) -> float:
+    """The fraction of replies (token ids, with or without a closing EOS) that repeat a 4-gram of content tokens."""
+    if not replies:
+        raise ValueError("no replies to summarise")
+    return sum(has_repeated_ngram(reply_tokens(reply, bool(reply) and reply[-1] == eos_id))
+               for reply in replies) / len(replies)
+
+
 def completion_stats(generated: Generated) -> dict[str, float]:
     """Mean reply length in tokens (the EOS included), the fraction of replies that end with EOS, and the fraction
     with a repeated 4-gram of content tokens."""

@@ -28,6 +28,7 @@ LENGTH_KEYS = ("tokens/response_len_mean", "completions/length_mean")
 EOS_RATE_KEY = "completions/eos_rate"
 MISSING_EOS_KEY = "val/frac_missing_eos"
 KL_KEY = "objective/kl"
+REPETITION_KEY = "completions/repetition_rate"
 
 
 @dataclass
@@ -45,6 +46,9 @@ class HealthConfig:
     """PPO / sampled completions: alert when the mean response length grows beyond this many times its start."""
     eos_rate_drop: float = 0.5
     """Sampled completions / PPO: alert when the EOS rate falls below (1 - this) times its start."""
+    repetition_rise: float = 0.15
+    """Sampled completions / PPO: alert when the fraction of replies that repeat a 4-gram rises more than this
+    above its start (an absolute rise: 0.15 is e.g. 5% -> 20%)."""
     kl_max: float = 20.0
     """PPO: alert when objective/kl (nats per response) exceeds this."""
     kl_jump: float = 5.0
@@ -54,7 +58,7 @@ class HealthConfig:
         problems = []
         if self.window < 1:
             problems.append(f"window: must be >= 1, got {self.window}")
-        for name in ("chosen_logps_drop", "early_fraction", "eos_rate_drop"):
+        for name in ("chosen_logps_drop", "early_fraction", "eos_rate_drop", "repetition_rise"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 problems.append(f"{name}: must be in (0, 1], got {getattr(self, name)}")
         if self.length_growth <= 1.0:
@@ -121,7 +125,7 @@ class HealthMonitor:
             if missing is not None and math.isfinite(missing):
                 self.history.setdefault(EOS_RATE_KEY, []).append(1.0 - missing)
         for rule in (self._chosen_logps_collapse, self._early_accuracy, self._length_runaway, self._eos_rate_drop,
-                     self._kl_blowup):
+                     self._repetition_rise, self._kl_blowup):
             alert = rule(step, metrics)
             if alert is not None:
                 alerts.append(alert)
@@ -210,6 +214,19 @@ class HealthMonitor:
                 "eos_rate_drop", step,
                 f"the EOS rate fell from {start:.3g} to {now:.3g}: more replies run to the length limit without "
                 "ending. Check samples for repetition; consider a missing-EOS penalty or a larger KL coefficient.")
+        return None
+
+    def _repetition_rise(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        found = self._start_and_now(REPETITION_KEY) if REPETITION_KEY in metrics else None
+        if found is None:
+            return None
+        start, now = found
+        if now - start > self.config.repetition_rise:
+            return self._fire(
+                "repetition_rise", step,
+                f"{REPETITION_KEY} rose from {start:.3g} to {now:.3g}: more replies repeat themselves, a common way "
+                "to game a reward model. Read the samples; consider a larger (or adaptive) KL coefficient, fewer "
+                "updates or a stronger reward model.")
         return None
 
     def _kl_blowup(self, step: int, metrics: dict[str, Any]) -> Alert | None:

@@ -88,6 +88,16 @@ def test_completion_stats_on_constructed_replies():
     assert stats["repetition_rate"] == 0.5  # 5 6 7 8 repeats; 4 4 4 4 4 holds "4 4 4 4" twice (overlapping)
 
 
+def test_repetition_rate_ignores_a_closing_eos():
+    eos = 2
+    # [9, 9, 9, eos, ...]: the EOS is not content, so "9 9 9 eos" never counts; [9] * 5 repeats "9 9 9 9".
+    replies = [[9, 9, 9, eos], [9, 9, 9, 9, 9], [5, 6, 7, 8, 5, 6, 7, 8, eos], [3, 4, eos]]
+    assert completions.repetition_rate(replies, eos) == 0.5
+    assert completions.repetition_rate([[9, 9, 9, 9, 9, 9, 9, eos], [eos]], eos) == 0.5
+    with pytest.raises(ValueError, match="no replies"):
+        completions.repetition_rate([], eos)
+
+
 @pytest.mark.parametrize("tokens, repeated", [([1, 2, 3, 4, 1, 2, 3, 4], True), ([1, 2, 3, 4, 1, 2, 3, 5], False),
                                               ([7] * 5, True), ([7] * 4, False), ([], False)])
 def test_has_repeated_ngram(tokens, repeated):

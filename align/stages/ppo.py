@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from align import config, data, models, ppo_outputs, ppo_rollout, rl, runner
+from align import completions, config, data, models, ppo_outputs, ppo_rollout, rl, runner
 from align.errors import ConfigError, ModelError
 from align.ppo_sections import PPOSection, RewardModelConfig, ValueModelConfig
 from align.runner import StageResult
@@ -359,6 +359,7 @@ def _metrics(cfg: PPOConfig, b: PPOBuild, exp, shaped: Shaped, stats: dict[str, 
              update: int) -> dict[str, float]:
     """TRL 1.12's metrics (same names and formulas) plus ppo.md section b's extras, reduced over processes."""
     coef, reduce = b.kl_controller.coef, b.accelerator.reduce
+    replies = [row[:n] for row, n in zip(exp.responses.tolist(), exp.lengths.tolist(), strict=True)]
     non_score = rl.masked_sum(-coef * shaped.kl, shaped.mask, dim=1).mean()
     local = {
         "objective/kl": rl.masked_sum(shaped.kl, shaped.mask, dim=1).mean(),
@@ -375,6 +376,9 @@ def _metrics(cfg: PPOConfig, b: PPOBuild, exp, shaped: Shaped, stats: dict[str, 
         "val/vf_explained_var": rl.explained_variance(exp.values, shaped.returns, shaped.value_mask, reduce),
         "policy/advantages_mean": rl.masked_mean(shaped.raw_advantages, shaped.mask, all_reduce=reduce),
         "policy/advantages_std": rl.masked_var(shaped.raw_advantages, shaped.mask, all_reduce=reduce).sqrt(),
+        # Not TRL's: repeating replies is how the real run in docs/results_ppo.md gamed a weak reward model.
+        "completions/repetition_rate": torch.tensor(completions.repetition_rate(replies, b.sampler.eos_id),
+                                                    device=exp.responses.device),
     }
     values = reduce(torch.stack([v.float() for v in local.values()]), reduction="mean").tolist()
     metrics = dict(zip(local, values))

@@ -71,6 +71,7 @@ def test_ppo_two_updates_logs_trl_metrics_and_moves_only_trainable_models(tmp_pa
         missing = [k for k in TRL_METRICS if k not in record]
         assert not missing, f"metrics not logged: {missing}"
         assert all(math.isfinite(v) for v in record.values() if isinstance(v, (int, float)))
+        assert 0.0 <= record["completions/repetition_rate"] <= 1.0
     assert logged[1]["episode"] == 16 and logged[0]["lr"] == pytest.approx(1e-3)
     assert result.metrics["steps"] == 2 and "ppo done: steps 2" in result.summary_line()
 
