@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from align import data, models, ref_cache, runner
+from align import data, fused_head, models, ref_cache, runner
 from align.errors import ConfigError, ModelError
 from align.runner import StageResult
 from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
@@ -112,6 +112,7 @@ def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
     import datasets
     import trl
 
+    fused_head.score_labelled_positions_only()
     models.configure_threads(cfg.train.num_threads)
     model_path = models.resolve_path(cfg.model.name_or_path)
     tokenizer = models.load_tokenizer(cfg.model, model_path)

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from align import chat, data, models, packing, runner
+from align import chat, data, fused_head, models, packing, runner
 from align.errors import ConfigError
 from align.runner import StageResult
 from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
@@ -54,6 +54,7 @@ def build(cfg: SFTConfig, tracker: Tracker) -> runner.TrainerBuild:
     import datasets
     import trl
 
+    fused_head.score_labelled_positions_only()
     models.configure_threads(cfg.train.num_threads)
     model_path = models.resolve_path(cfg.model.name_or_path)
     tokenizer = models.load_tokenizer(cfg.model, model_path)

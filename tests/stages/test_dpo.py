@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import config, models, stages, tracking
+from align import config, fused_head, models, stages, tracking
 from align.errors import ConfigError, ModelError
 from align.sections import ModelConfig
 from align.stages import dpo
@@ -47,9 +47,14 @@ def spy_build(monkeypatch):
     return seen
 
 
-def test_dpo_full_finetune_moves_policy_not_reference(tmp_path, tiny_model_dir, pair_files, spy_build):
+def test_dpo_full_finetune_moves_policy_not_reference(tmp_path, tiny_model_dir, pair_files, spy_build, monkeypatch):
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
     result = stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files))
     out = result.output_dir
+    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies align.fused_head"
 
     ref = spy_build["trainer"].ref_model
     assert ref is not None and not any(p.requires_grad for p in ref.parameters())

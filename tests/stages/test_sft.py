@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import config, stages, tracking
+from align import config, fused_head, stages, tracking
 from align.errors import ConfigError
 from align.stages.sft import SFTConfig
 
@@ -49,10 +49,15 @@ def weights(path):
     return load_file(str(path))
 
 
-def test_sft_full_finetune_moves_weights_and_reloads(tmp_path, tiny_model_dir, sft_data):
+def test_sft_full_finetune_moves_weights_and_reloads(tmp_path, tiny_model_dir, sft_data, monkeypatch):
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
     cfg = make_cfg(tmp_path, tiny_model_dir, sft_data)
     result = stages.run("sft", cfg)
     out = result.output_dir
+    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies align.fused_head"
 
     assert result.metrics["steps"] == 3
     assert math.isfinite(result.metrics["train_loss"])

@@ -1,0 +1,39 @@
+"""Make TRL's fused LM head score only labelled positions on CPU too, as it already does on CUDA and XPU.
+
+TRL (>= 1.16) replaces the LM head of SFT and DPO models with a tiled log-prob kernel that skips the positions whose
+label is -100 only where Triton runs. Elsewhere it scores every position, because on compiled backends (Neuron) a
+changing number of valid positions would recompile the tiles every batch. Eager CPU has no such cost, and in chat
+data most positions are prompt or padding: on HH-RLHF pairs the head then does 2-3x the work it needs, forward and
+backward (docs: benchmarks/README.md, "Reference log-prob cache"). The log-probs are the same; masked positions are
+zero either way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _compact_everywhere_but_compiled(device: torch.device) -> bool:
+    from trl.kernels import chunked_logprob
+
+    return chunked_logprob._use_triton(device) or device.type == "cpu"
+
+
+def score_labelled_positions_only() -> bool:
+    """Patch TRL's choice, once per process; returns False (and changes nothing) when this TRL has no such choice."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    current = getattr(trl_utils, "_use_triton", None)
+    if current is _compact_everywhere_but_compiled:
+        return True
+    if current is None or not hasattr(trl_utils, "add_fused_lm_head"):
+        log.debug("trl.trainer.utils has no _use_triton: its fused LM head is left as it is")
+        return False
+    trl_utils._use_triton = _compact_everywhere_but_compiled
+    return True
