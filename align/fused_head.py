@@ -10,8 +10,10 @@ slower (benchmarks/README.md, "align.fused_head"). The log-probs are the same; m
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
