@@ -25,15 +25,10 @@ def _compact_everywhere_but_compiled(device: torch.device) -> bool:
 
 
 def score_labelled_positions_only() -> bool:
-    """Patch TRL's choice, once per process; returns False (and changes nothing) when this TRL has no such choice."""
-    try:
-        from trl.trainer import utils as trl_utils
-    except ImportError:
-        return False
-    current = getattr(trl_utils, "_use_triton", None)
-    if current is _compact_everywhere_but_compiled:
-        return True
-    if current is None or not hasattr(trl_utils, "add_fused_lm_head"):
+    """Patch TRL's choice (idempotent); returns False, changing nothing, when this TRL has no such choice."""
+    from trl.trainer import utils as trl_utils
+
+    if not hasattr(trl_utils, "_use_triton"):
         log.debug("trl.trainer.utils has no _use_triton: its fused LM head is left as it is")
         return False
     trl_utils._use_triton = _compact_everywhere_but_compiled
