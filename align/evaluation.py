@@ -4,23 +4,21 @@ On preference pairs: the implicit DPO reward accuracy (the sign of the policy-vs
 the judge's accuracy. On prompts (any data file can give prompts): replies sampled from the policy and the
 reference, the policy's win rate as a judge sees it with a bootstrap confidence interval, the KL to the reference
 on the policy's own samples, reply length, EOS rate and repetition. A pipeline run dir compares all its stages.
-Writes eval.json, eval.md, samples.jsonl and PNG plots. DPO paper: https://huggingface.co/papers/2305.18290
+Writes eval.json, eval.md, samples.jsonl (align.eval_report) and PNG plots; the forward passes and judges are in
+align.scoring. DPO paper: https://huggingface.co/papers/2305.18290
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
-import importlib.util
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import data_formats
-from align import chat, completions, config, models
+from align import completions, config, eval_report, models, scoring
 from align.errors import ConfigError, ModelError
 from align.sections import ModelConfig
 
@@ -83,91 +81,6 @@ class EvalResult:
     files: list[Path] = field(default_factory=list)
 
 
-# ---- judges -------------------------------------------------------------------------------------------------------
-
-Rule = Callable[[list[str], list[str]], list[float]]
-
-
-@dataclass(frozen=True)
-class JudgeSpec:
-    kind: Literal["reward", "rule"]
-    target: str
-    """The reward model dir, or the rule's module:function."""
-
-
-def parse_judge(spec: str) -> JudgeSpec:
-    """`reward:DIR` or `rule:module:function` -> JudgeSpec; anything else is a ConfigError."""
-    kind, sep, target = spec.partition(":")
-    if not sep or kind not in ("reward", "rule") or not target:
-        raise ConfigError(f"--judge: expected reward:DIR or rule:module:function, got {spec!r}")
-    return JudgeSpec(kind, target)
-
-
-def load_rule(target: str) -> Rule:
-    """`module:function` or `path/to/file.py:function` -> the function, checked to exist and be callable."""
-    source, sep, name = target.rpartition(":")
-    if not sep or not source or not name.isidentifier():
-        raise ConfigError(f"--judge rule:{target}: expected rule:module:function or rule:path/to/file.py:function")
-    try:
-        if source.endswith(".py"):
-            if not Path(source).is_file():
-                raise ConfigError(f"--judge rule:{target}: file {source!r} not found")
-            module_spec = importlib.util.spec_from_file_location(Path(source).stem, source)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(source)
-    except ImportError as e:
-        raise ConfigError(f"--judge rule:{target}: importing {source!r} failed: {e}") from e
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"--judge rule:{target}: {source!r} has no function {name!r}")
-    return fn
-
-
-class RewardModelJudge:
-    """Scores replies with a one-label sequence classifier: logits[0] at the reply's EOS (see chat.reward_text)."""
-
-    def __init__(self, path: str, device: str, batch_size: int):
-        cfg = ModelConfig(name_or_path=path)
-        self.tokenizer = models.load_tokenizer(cfg)
-        model = models.load_sequence_classifier(cfg, pad_token_id=self.tokenizer.pad_token_id)
-        self.model = model.to(device).eval()
-        self.batch_size = batch_size
-
-    def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
-        import torch
-
-        rows = [self.tokenizer(chat.reward_text(self.tokenizer, prompt, reply), add_special_tokens=False)["input_ids"]
-                for prompt, reply in zip(prompts, replies, strict=True)]
-        scores: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(rows), self.batch_size):
-                ids, mask = right_padded(rows[start:start + self.batch_size], self.tokenizer.pad_token_id,
-                                         self.model.device)
-                scores.extend(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist())
-        return scores
-
-
-class RuleJudge:
-    """Scores replies with a rule `fn(prompts, completions) -> one float each`, called as the PPO stage calls it:
-    prompts as chat-templated text without special tokens, completions as the reply's text."""
-
-    def __init__(self, fn: Rule, tokenizer):
-        self.fn = fn
-        self.tokenizer = tokenizer
-
-    def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
-        prompt_texts = [self.tokenizer.decode(completions.prompt_ids(self.tokenizer, prompt), skip_special_tokens=True)
-                        for prompt in prompts]
-        texts = ["\n".join(message["content"] for message in reply) for reply in replies]
-        scores = self.fn(prompt_texts, texts)
-        if not isinstance(scores, (list, tuple)) or len(scores) != len(texts):
-            raise ConfigError(f"--judge: the rule must return one float per completion ({len(texts)}), got "
-                              f"{type(scores).__name__}")
-        return [float(score) for score in scores]
-
-
 # ---- pure metrics -------------------------------------------------------------------------------------------------
 
 def win_outcomes(policy_scores: list[float], reference_scores: list[float]) -> list[float]:
@@ -218,63 +131,6 @@ def judge_pair_metrics(chosen_scores: list[float], rejected_scores: list[float])
     n = len(chosen_scores)
     diffs = [c - r for c, r in zip(chosen_scores, rejected_scores, strict=True)]
     return {"accuracy": sum(d > 0 for d in diffs) / n, "margin_mean": sum(diffs) / n}
-
-
-# ---- forward passes -----------------------------------------------------------------------------------------------
-
-def right_padded(rows: list[list[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
-    """(B, L) right-padded ids and their (B, L) attention mask (from the row lengths, not from the pad id)."""
-    import torch
-
-    width = max(map(len, rows))
-    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
-    return ids, mask
-
-
-def token_logprobs(model, rows: list[list[int]], pad_id: int, batch_size: int) -> list[Any]:
-    """Per row, the (L - 1,) log-probs of tokens 1..L-1 given the tokens before them (temperature 1)."""
-    import torch
-
-    from align import rl
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            ids, mask = right_padded(batch, pad_id, model.device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            logprobs = rl.logprobs_from_logits(logits[:, :-1], ids[:, 1:]).cpu()
-            out.extend(row_logprobs[:len(row) - 1] for row, row_logprobs in zip(batch, logprobs))
-    return out
-
-
-def reply_logps(model, tokenizer, prompts: list[list[dict]], replies: list[list[dict]], batch_size: int) -> list[float]:
-    """Summed log-probs of each reply's assistant tokens up to and including their EOS, given the prompt: the tokens
-    align's SFT labels (TRL's DPO also counts the template's text after the EOS, e.g. ChatML's newline)."""
-    encoded = [chat.tokenize_sft_row(tokenizer, {"prompt": prompt, "completion": reply})
-               for prompt, reply in zip(prompts, replies, strict=True)]
-    logprobs = token_logprobs(model, [enc["input_ids"] for enc in encoded], tokenizer.pad_token_id, batch_size)
-    sums = []
-    for enc, row in zip(encoded, logprobs):
-        trained = [label != chat.IGNORE_INDEX for label in enc["labels"][1:]]
-        sums.append(float(sum(lp for lp, keep in zip(row.tolist(), trained) if keep)))
-    return sums
-
-
-def kl_per_sample(policy, reference, generated: completions.Generated, pad_id: int, estimator: str,
-                  batch_size: int) -> list[float]:
-    """Per sampled reply, the sum over its tokens of the per-token KL(policy || reference) estimate."""
-    from align import rl
-
-    rows = [prompt + response for prompt, response in zip(generated.prompt_ids, generated.responses, strict=True)]
-    policy_lp = token_logprobs(policy, rows, pad_id, batch_size)
-    reference_lp = token_logprobs(reference, rows, pad_id, batch_size)
-    out = []
-    for prompt, lp, ref_lp in zip(generated.prompt_ids, policy_lp, reference_lp):
-        reply = slice(len(prompt) - 1, None)  # log-prob index t scores token t + 1
-        out.append(float(rl.kl_estimate(lp[reply], ref_lp[reply], estimator).sum()))
-    return out
 
 
 # ---- data and models ----------------------------------------------------------------------------------------------
@@ -387,13 +243,6 @@ class Baseline:
     rejected_logps: list[float]
 
 
-def pair_logps(model, tokenizer, pairs: list[dict], batch_size: int) -> tuple[list[float], list[float]]:
-    """Summed reply log-probs of the chosen and of the rejected reply of each pair."""
-    prompts = [row["prompt"] for row in pairs]
-    return (reply_logps(model, tokenizer, prompts, [row["chosen"] for row in pairs], batch_size),
-            reply_logps(model, tokenizer, prompts, [row["rejected"] for row in pairs], batch_size))
-
-
 def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge,
                    baseline: Baseline | None) -> tuple[dict[str, Any], completions.Generated]:
     """One model's metrics: its sampled replies, and with a baseline, pairs and samples compared with it."""
@@ -409,10 +258,11 @@ def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge,
     if baseline is None:
         return result, generated
     if data.pairs:
-        chosen, rejected = pair_logps(model, tokenizer, data.pairs, cfg.batch_size)
+        chosen, rejected = scoring.pair_logps(model, tokenizer, data.pairs, cfg.batch_size)
         result["pairs"], per_sample["implicit_margin"] = implicit_reward_metrics(
             chosen, rejected, baseline.chosen_logps, baseline.rejected_logps, cfg.beta)
-    kl = kl_per_sample(model, baseline.model, generated, tokenizer.pad_token_id, cfg.kl_estimator, cfg.batch_size)
+    kl = scoring.kl_per_sample(model, baseline.model, generated, tokenizer.pad_token_id, cfg.kl_estimator,
+                               cfg.batch_size)
     generation["kl"] = sum(kl) / len(kl)
     if scores is not None and baseline.judge_scores is not None:
         outcomes = win_outcomes(scores, baseline.judge_scores)
@@ -431,15 +281,6 @@ def sample_rows(name: str, data: EvalData, generated: completions.Generated,
 
 
 # ---- the command --------------------------------------------------------------------------------------------------
-
-def make_judge(spec: JudgeSpec | None, rule: Rule | None, tokenizer, device: str, batch_size: int):
-    """The judge a spec names; a rule renders prompts with the policies' (shared) tokenizer."""
-    if spec is None:
-        return None
-    if rule is not None:
-        return RuleJudge(rule, tokenizer)
-    return RewardModelJudge(spec.target, device, batch_size)
-
 
 def new_report(cfg: EvalConfig, data: EvalData, judge_spec: str | None) -> dict[str, Any]:
     """eval.json before any model is evaluated: what data, which settings, which judge."""
@@ -460,8 +301,9 @@ def run(cfg: EvalConfig) -> EvalResult:
     if problems:
         raise ConfigError("; ".join(problems))
     policies, reference, judge_spec = candidates(cfg)
-    spec = parse_judge(judge_spec) if judge_spec else None
-    rule = load_rule(spec.target) if spec is not None and spec.kind == "rule" else None  # before any model loads
+    spec = scoring.parse_judge(judge_spec) if judge_spec else None
+    # a rule loads before any model does, so a bad spec fails fast
+    rule = scoring.load_rule(spec.target) if spec is not None and spec.kind == "rule" else None
     data = load_data(cfg.data, cfg.num_samples)
     if data.pairs and reference is None:
         raise ConfigError(f"--reference: {cfg.data} holds preference pairs, whose implicit DPO reward accuracy "
@@ -476,19 +318,19 @@ def run(cfg: EvalConfig) -> EvalResult:
     judge = baseline = reference_tokenizer = None
     if reference is not None:
         reference_tokenizer, model = load_policy(reference, device)
-        judge = make_judge(spec, rule, reference_tokenizer, device, cfg.batch_size)
+        judge = scoring.make_judge(spec, rule, reference_tokenizer, device, cfg.batch_size)
         result, generated = evaluate_model(cfg, data, model, reference_tokenizer, judge, None)
         report["reference"] = {"name": reference.name, "path": reference.path, **result}
         samples += sample_rows(reference.name, data, generated, result["per_sample"].get("judge_score"))
         baseline = Baseline(model, result["per_sample"].get("judge_score"),
-                            *pair_logps(model, reference_tokenizer, data.pairs, cfg.batch_size))
+                            *scoring.pair_logps(model, reference_tokenizer, data.pairs, cfg.batch_size))
     for candidate in policies:
         if reference is not None and Path(candidate.path).resolve() == Path(reference.path).resolve():
             continue  # the reference's own column is filled in above
         tokenizer, model = load_policy(candidate, device)
         if reference_tokenizer is not None:
             check_same_tokenizer(tokenizer, reference_tokenizer, candidate.path)
-        judge = judge or make_judge(spec, rule, tokenizer, device, cfg.batch_size)
+        judge = judge or scoring.make_judge(spec, rule, tokenizer, device, cfg.batch_size)
         log.info("evaluating %s", candidate.path)
         result, generated = evaluate_model(cfg, data, model, tokenizer, judge, baseline)
         report["policies"].append({"name": candidate.name, "path": candidate.path, **result})
@@ -500,71 +342,8 @@ def run(cfg: EvalConfig) -> EvalResult:
         report["judge"]["pairs"] = judge_pair_metrics(judge.score(prompts, [row["chosen"] for row in data.pairs]),
                                                       judge.score(prompts, [row["rejected"] for row in data.pairs]))
     out = Path(cfg.out) if cfg.out else Path(cfg.policy) / "eval"
-    markdown = render_markdown(report)
-    files = write_outputs(out, report, markdown, samples)
+    markdown = eval_report.render_markdown(report)
+    files = eval_report.write_outputs(out, report, markdown, samples)
     return EvalResult(report=report, markdown=markdown, files=files + plots.plot_eval(report, out))
 
 
-def write_outputs(out: Path, report: dict[str, Any], markdown: str, samples: list[dict]) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "eval.json", out / "eval.md", out / "samples.jsonl"]
-    files[0].write_text(json.dumps(report, indent=2), encoding="utf-8")
-    files[1].write_text(markdown, encoding="utf-8")
-    files[2].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples), encoding="utf-8")
-    return files
-
-
-# ---- the report ---------------------------------------------------------------------------------------------------
-
-# (label, section, key): one table row each, shown when some column has the value.
-TABLE_ROWS = (
-    ("win rate vs reference", "generation", "win_rate"),
-    ("KL to reference (nats/reply)", "generation", "kl"),
-    ("judge score (mean)", "generation", "judge_score_mean"),
-    ("implicit reward accuracy", "pairs", "rewards/accuracies"),
-    ("implicit margin (beta)", "pairs", "rewards/margins"),
-    ("logps/chosen", "pairs", "logps/chosen"),
-    ("logps/rejected", "pairs", "logps/rejected"),
-    ("reply length (tokens)", "generation", "length_mean"),
-    ("EOS rate", "generation", "eos_rate"),
-    ("repeated 4-gram rate", "generation", "repetition_rate"),
-)
-
-
-def cell(column: dict[str, Any], section: str, key: str) -> str | None:
-    value = column.get(section, {}).get(key)
-    if value is None:
-        return None
-    if key == "win_rate":
-        low, high = column[section]["win_rate_ci"]
-        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{value:.4g}"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """A short report: what was evaluated, and one table with a column per model (the reference first)."""
-    columns = ([{**report["reference"], "name": f"{report['reference']['name']} (reference)"}]
-               if report["reference"] else []) + report["policies"]
-    data, settings = report["data"], report["settings"]
-    sampling = "greedy" if settings["temperature"] == 0 else f"temperature {settings['temperature']:g}"
-    lines = [
-        "# align eval", "",
-        f"- data: `{data['path']}` ({data['format']}): {data['prompts']} prompts, {data['pairs']} preference pairs",
-        (f"- sampling: {sampling}, up to {settings['max_new_tokens']} new tokens, seed {settings['seed']}; KL "
-         f"estimator {settings['kl_estimator']}; beta {settings['beta']:g}"),
-    ]
-    judge = report["judge"]
-    if judge:
-        on_pairs = judge.get("pairs")
-        lines.append(f"- judge: `{judge['spec']}`" + (
-            f"; on the pairs: accuracy {on_pairs['accuracy']:.3f}, mean margin {on_pairs['margin_mean']:.4g}"
-            if on_pairs else ""))
-    lines += ["", "| metric | " + " | ".join(c["name"] for c in columns) + " |",
-              "|---|" + "---|" * len(columns)]
-    for label, section, key in TABLE_ROWS:
-        cells = [cell(c, section, key) for c in columns]
-        if any(value is not None for value in cells):
-            lines.append(f"| {label} | " + " | ".join(value or "–" for value in cells) + " |")
-    lines += ["", ("Win rate: ties count 0.5; brackets hold the 95% bootstrap interval. Reply length counts the EOS. "
-                   "Repeated 4-gram rate: fraction of replies in which some 4 consecutive tokens occur twice."), ""]
-    return "\n".join(lines)

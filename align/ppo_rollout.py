@@ -7,21 +7,14 @@ occur (TRL 1.12's convention), so the pad token must be one that real text never
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from align import chat, ppo_sections, rl
-from align.errors import ConfigError
-
-RewardFunction = Callable[[list[str], list[str]], list[float]]
+from align import chat, ppo_sections, reward_functions, rl
 
 
 class PromptStream:
@@ -234,32 +227,9 @@ def _reference_logprobs(sampler: Sampler, policy, reference, ids, responses, con
     return rl.logprobs_from_logits(logits, responses)
 
 
-def _call_reward_function(fn: RewardFunction, tokenizer, queries, responses, pad_id) -> torch.Tensor:
+def _call_reward_function(fn: reward_functions.RewardFunction, tokenizer, queries, responses,
+                          pad_id) -> torch.Tensor:
     prompts = tokenizer.batch_decode([row[row != pad_id] for row in queries], skip_special_tokens=True)
     completions = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    scores = fn(prompts, completions)
-    if not isinstance(scores, (list, tuple)) or len(scores) != len(completions):
-        raise ConfigError(f"reward_model.function: must return one float per completion ({len(completions)}), "
-                          f"got {type(scores).__name__} of length {len(scores) if hasattr(scores, '__len__') else '?'}")
-    return torch.tensor([float(s) for s in scores], device=queries.device)
-
-
-def load_reward_function(spec: str) -> RewardFunction:
-    """`module:function` or `path/to/file.py:function` -> the function. Raises ConfigError, before any model loads."""
-    problem = ppo_sections.reward_function_problem(spec)
-    if problem:
-        raise ConfigError(f"reward_model.function: {problem}")
-    source, name = spec.rsplit(":", 1)
-    try:
-        if source.endswith(".py"):
-            module_spec = importlib.util.spec_from_file_location(Path(source).stem, source)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(source)
-    except ImportError as e:
-        raise ConfigError(f"reward_model.function: importing {source!r} failed: {e}") from e
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"reward_model.function: {source!r} has no function {name!r}")
-    return fn
+    return torch.tensor(reward_functions.scores(fn, prompts, completions, "reward_model.function"),
+                        device=queries.device)

@@ -5,10 +5,10 @@ Defaults follow TRL 1.12 / the N+ implementation details (ppo.md a.8) unless a f
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
+
+from align import reward_functions
 
 
 @dataclass
@@ -22,7 +22,7 @@ class RewardModelConfig:
     def check(self) -> list[str]:
         if (self.name_or_path is None) == (self.function is None):
             return ["name_or_path: set exactly one of name_or_path (a reward model) and function (a rule)"]
-        problem = self.function and reward_function_problem(self.function)
+        problem = self.function and reward_functions.spec_problem(self.function)
         return [f"function: {problem}"] if problem else []
 
 
@@ -113,17 +113,3 @@ class PPOSection:
         if self.trl_parity and self.score_index != "after_eos":
             problems.append("trl_parity: TRL 1.12 puts the score one past the EOS; set score_index=after_eos")
         return problems
-
-
-def reward_function_problem(spec: str) -> str | None:
-    """What is wrong with a `module:function` spec that can be seen without running the module, if anything."""
-    source, sep, name = spec.rpartition(":")
-    if not sep or not source or not name.isidentifier():
-        return f"expected 'module:function' or 'path/to/file.py:function', got {spec!r}"
-    if source.endswith(".py"):
-        return None if Path(source).is_file() else f"file {source!r} not found"
-    try:
-        found = importlib.util.find_spec(source)
-    except (ImportError, ValueError):
-        found = None
-    return None if found else f"module {source!r} not found (a file path ending in .py also works)"

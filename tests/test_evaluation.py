@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from align import cli, completions, evaluation, models
+from align import cli, completions, evaluation, models, scoring
 from align.sections import ModelConfig
 
 EOS = "<|im_end|>"
@@ -129,17 +129,17 @@ def test_judge_pair_metrics():
 @pytest.mark.parametrize("spec", ["reward", "reward:", "rm:/x", "nonsense"])
 def test_bad_judge_specs(spec):
     with pytest.raises(evaluation.ConfigError, match="--judge: expected reward:DIR or rule:module:function"):
-        evaluation.parse_judge(spec)
+        scoring.parse_judge(spec)
 
 
 def test_rule_loading_errors(tmp_path):
-    with pytest.raises(evaluation.ConfigError, match="importing 'no_such_module_x' failed"):
-        evaluation.load_rule("no_such_module_x:fn")
+    with pytest.raises(evaluation.ConfigError, match="module 'no_such_module_x' not found"):
+        scoring.load_rule("no_such_module_x:fn")
     with pytest.raises(evaluation.ConfigError, match="has no function 'nope'"):
-        evaluation.load_rule("json:nope")
+        scoring.load_rule("json:nope")
     with pytest.raises(evaluation.ConfigError, match="not found"):
-        evaluation.load_rule(f"{tmp_path}/missing.py:fn")
-    assert evaluation.load_rule("json:dumps") is json.dumps
+        scoring.load_rule(f"{tmp_path}/missing.py:fn")
+    assert scoring.load_rule("json:dumps") is json.dumps
 
 
 # ---- forward passes against plain torch ---------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_reply_logps_match_plain_forward_passes(tiny_model_dir):
     tokenizer, model = load(tiny_model_dir)
     prompts = [message("user", p) for p, _, _ in PAIRS]
     replies = [message("assistant", c) for _, c, _ in PAIRS]
-    ours = evaluation.reply_logps(model, tokenizer, prompts, replies, batch_size=3)
+    ours = scoring.reply_logps(model, tokenizer, prompts, replies, batch_size=3)
     expected = [plain_reply_logp(model, tokenizer, p, c) for p, c, _ in PAIRS]
     assert ours == pytest.approx(expected, abs=1e-4)
 
@@ -165,7 +165,7 @@ def test_kl_per_sample_matches_k3_by_hand(tiny_model_dir, policy_dir):
                  [eos]]
     generated = completions.Generated(prompt_ids=prompt_ids, responses=responses, has_eos=[True, False, True],
                                       texts=["", "", ""])
-    ours = evaluation.kl_per_sample(policy, reference, generated, tokenizer.pad_token_id, "k3", batch_size=3)
+    ours = scoring.kl_per_sample(policy, reference, generated, tokenizer.pad_token_id, "k3", batch_size=3)
     expected = []
     for prompt, response in zip(prompt_ids, responses):
         ids = torch.tensor([prompt + response])
@@ -179,7 +179,7 @@ def test_kl_per_sample_matches_k3_by_hand(tiny_model_dir, policy_dir):
 
 
 def test_reward_judge_scores_the_text_cut_after_the_reply_eos(tiny_reward_model_dir):
-    judge = evaluation.RewardModelJudge(str(tiny_reward_model_dir), "cpu", batch_size=2)
+    judge = scoring.RewardModelJudge(str(tiny_reward_model_dir), "cpu", batch_size=2)
     ours = judge.score([message("user", p) for p, _, _ in PAIRS], [message("assistant", c) for _, c, _ in PAIRS])
     reward_model = plain_reward_model(tiny_reward_model_dir)
     expected = [plain_reward(reward_model, judge.tokenizer, p, c) for p, c, _ in PAIRS]
@@ -245,7 +245,7 @@ def test_cli_pairs_without_reference_exit_2(pairs_file, tiny_model_dir, capsys):
 
 
 @pytest.mark.parametrize("judge, expected", [("gpt4", "--judge: expected reward:DIR or rule:module:function"),
-                                             ("rule:no_such_module_x:score", "importing 'no_such_module_x' failed"),
+                                             ("rule:no_such_module_x:score", "module 'no_such_module_x' not found"),
                                              ("reward:/no/such/dir", "does not exist")])
 def test_cli_bad_judge_exit_2(judge, expected, prompts_file, tiny_model_dir, tmp_path, capsys):
     assert cli.main(["eval", "--policy", str(tiny_model_dir), "--data", str(prompts_file), "--judge", judge,

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from align import completions, config, data, models, ppo_outputs, ppo_rollout, rl, runner
+from align import completions, config, data, models, ppo_outputs, ppo_rollout, reward_functions, rl, runner
 from align.errors import ConfigError, ModelError
 from align.ppo_sections import PPOSection, RewardModelConfig, ValueModelConfig
 from align.runner import StageResult
@@ -102,7 +102,9 @@ def build(cfg: PPOConfig, tracker: Tracker, resume_from: str | None = None) -> P
     from accelerate import Accelerator
 
     p = cfg.ppo
-    reward_fn = ppo_rollout.load_reward_function(cfg.reward_model.function) if cfg.reward_model.function else None
+    reward_fn = None
+    if cfg.reward_model.function:
+        reward_fn = reward_functions.load(cfg.reward_model.function, "reward_model.function")
     if cfg.train.lr_scheduler not in [s.value for s in transformers.SchedulerType]:
         raise ConfigError(f"train.lr_scheduler: unknown scheduler {cfg.train.lr_scheduler!r}")
     accelerator = Accelerator(cpu=models.use_cpu())
