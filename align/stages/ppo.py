@@ -2,7 +2,8 @@
 reference, a separate value model, GAE and clipped objectives. Our own loop on transformers + accelerate (+ peft).
 
 Papers: PPO https://huggingface.co/papers/1707.06347, RLHF details https://huggingface.co/papers/2403.17031.
-Every equation is a call into `align.rl`; rollouts are in `align.ppo_rollout`. Unlike TRL 1.12's PPOTrainer:
+Every equation is a call into `align.rl`; rollouts are in `align.ppo_rollout`, each update's advantages, PPO epochs
+and metrics in `align.ppo_update`. Unlike TRL 1.12's PPOTrainer:
 1. the pad token is never sampled (in TRL a sampled pad silently ends the response);
 2. one optimizer step per minibatch with explicit gradient accumulation (TRL steps on every micro-batch);
 3. gradients are clipped at train.max_grad_norm, the policy's and the value model's separately (TRL never clips);
@@ -13,19 +14,16 @@ Policy and value model share one AdamW and learning rate, the value loss weighte
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from align import completions, config, data, models, ppo_outputs, ppo_rollout, reward_functions, rl, runner
+from align import config, data, models, ppo_outputs, ppo_rollout, ppo_update, reward_functions, rl, runner
 from align.errors import ConfigError, ModelError
 from align.ppo_sections import PPOSection, RewardModelConfig, ValueModelConfig
 from align.runner import StageResult
@@ -218,11 +216,11 @@ def run(cfg: PPOConfig) -> StageResult:
             with torch.no_grad():
                 exp, timing = ppo_rollout.rollout(b.sampler, b.policy, b.reference, b.value_model, b.reward,
                                                   b.tokenizer, queries)
-                shaped = _advantages(p, exp, b.kl_controller.coef, acc.reduce)
+                shaped = ppo_update.shape_rewards(p, exp, b.kl_controller.coef, acc.reduce)
             t1 = time.perf_counter()
-            stats = _optimise(cfg, b, exp, shaped)
+            stats = ppo_update.optimise(cfg, b, exp, shaped)
             timing.update(train=time.perf_counter() - t1, update=time.perf_counter() - t0)
-            metrics, last = _metrics(cfg, b, exp, shaped, stats, timing, update), update
+            metrics, last = ppo_update.update_metrics(cfg, b, exp, shaped, stats, timing, update), update
             first = first or metrics
             # Every update is checked, logged or not. Metrics are reduced over processes, so all of them stop
             # together on a NaN loss, before this update's broken weights can reach a checkpoint.
@@ -269,127 +267,6 @@ def run(cfg: PPOConfig) -> StageResult:
     finally:
         notes = tracker.finish()
     return StageResult(stage="ppo", output_dir=out, metrics=summary, notes={**notes, **stopped})
-
-
-@dataclass
-class Shaped:
-    """Rewards and advantages of one rollout batch: (B, T) tensors unless noted."""
-
-    mask: torch.Tensor
-    """Valid response tokens."""
-    value_mask: torch.Tensor
-    """Positions with a value target: `mask`, plus the slot after it with score_index=after_eos."""
-    kl: torch.Tensor
-    scores: torch.Tensor
-    """(B,) scores after the missing-EOS penalty (before normalisation and clipping)."""
-    advantages: torch.Tensor
-    """Whitened advantages, 0 outside `mask`."""
-    raw_advantages: torch.Tensor
-    returns: torch.Tensor
-
-
-def _advantages(p: PPOSection, exp: ppo_rollout.Experience, kl_coef: float, all_reduce) -> Shaped:
-    width = exp.responses.size(1)
-    mask = rl.response_mask(exp.lengths, width)
-    value_mask = rl.response_mask(exp.lengths + 1, width) if p.score_index == "after_eos" else mask
-    kl = torch.where(mask, rl.kl_estimate(exp.logprobs, exp.ref_logprobs, p.kl_estimator), 0)
-    scores = exp.scores
-    if p.missing_eos_penalty is not None:
-        scores = rl.missing_eos_penalty(scores, exp.has_eos, p.missing_eos_penalty, p.missing_eos_mode)
-    final = scores
-    if p.reward_normalize:
-        final = rl.masked_whiten(final[:, None], torch.ones_like(mask[:, :1]), all_reduce=all_reduce)[:, 0]
-    if p.reward_clip is not None:
-        final = final.clamp(-p.reward_clip, p.reward_clip)
-    rewards = rl.per_token_rewards(final, kl, kl_coef, mask, p.score_index)
-    if p.whiten_rewards:
-        rewards = rl.masked_whiten(rewards, value_mask, shift_mean=False, all_reduce=all_reduce)
-    advantages, returns = rl.gae(rewards, exp.values, value_mask, p.gamma, p.lam)
-    whitened = torch.where(mask, rl.masked_whiten(advantages, mask, all_reduce=all_reduce), 0)
-    return Shaped(mask, value_mask, kl, scores, whitened, advantages, returns)
-
-
-def _optimise(cfg: PPOConfig, b: PPOBuild, exp: ppo_rollout.Experience, shaped: Shaped) -> dict[str, list]:
-    """PPO epochs over the rollout: a fresh permutation each epoch, one optimizer step per minibatch."""
-    p, acc = cfg.ppo, b.accelerator
-    rows, context, sequences = exp.queries.size(0), exp.queries.size(1), exp.sequences
-    params = {"policy": [q for q in b.policy.parameters() if q.requires_grad],
-              "value": [q for q in b.value_model.parameters() if q.requires_grad]}
-    stats: dict[str, list] = defaultdict(list)
-    for _ in range(p.ppo_epochs):
-        order = torch.from_numpy(np.random.permutation(rows)).to(acc.device)  # numpy, as TRL: parity needs its draws
-        for minibatch in order.split(rows // p.mini_batches):
-            micro_batches = minibatch.split(p.micro_batch)
-            for i, idx in enumerate(micro_batches):
-                mask, old = shaped.mask[idx], exp.logprobs[idx]
-                # DDP averages gradients across processes on the minibatch's last micro-batch only.
-                with contextlib.nullcontext() if i == len(micro_batches) - 1 else acc.no_sync(b.model):
-                    logits, values = b.model(sequences[idx], context, b.sampler.pad_id)
-                    logits = ppo_rollout.tempered(logits, b.sampler.temperature, b.sampler.suppressed_id)
-                    new = rl.logprobs_from_logits(logits, exp.responses[idx])
-                    pg_loss, pg_clipfrac, approxkl = rl.policy_loss(new, old, shaped.advantages[idx], mask, p.clip_eps)
-                    vf_loss, vf_clipfrac = rl.value_loss(values, exp.values[idx], shaped.returns[idx],
-                                                         shaped.value_mask[idx], p.value_clip_eps)
-                    with torch.set_grad_enabled(p.entropy_coef > 0):
-                        entropy = rl.entropy_from_logits(logits)
-                    loss = pg_loss + p.vf_coef * vf_loss
-                    if p.entropy_coef:
-                        loss = loss - p.entropy_coef * rl.masked_mean(entropy, mask)
-                    acc.backward(loss / len(micro_batches))
-                with torch.no_grad():
-                    log_ratio = torch.where(mask, new - old, 0)
-                    if p.trl_parity:  # TRL 1.12 averages these over padding too (ppo.md a.7.4)
-                        approxkl, ratio, entropy = 0.5 * (log_ratio**2).mean(), log_ratio.exp().mean(), entropy.mean()
-                    else:
-                        ratio, entropy = rl.masked_mean(log_ratio.exp(), mask), rl.masked_mean(entropy, mask)
-                for key, value in (("policy/approxkl_avg", approxkl), ("policy/clipfrac_avg", pg_clipfrac),
-                                   ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
-                                   ("val/clipfrac_avg", vf_clipfrac), ("policy/entropy_avg", entropy),
-                                   ("val/ratio", ratio)):
-                    stats[key].append(value.detach())
-            for name, group in params.items():
-                norm = torch.nn.utils.get_total_norm([q.grad for q in group if q.grad is not None])
-                if cfg.train.max_grad_norm > 0:
-                    torch.nn.utils.clip_grads_with_norm_(group, cfg.train.max_grad_norm, norm)
-                stats[f"grad_norm/{name}"].append(norm)
-            b.optimizer.step()
-            b.optimizer.zero_grad()
-    return stats
-
-
-def _metrics(cfg: PPOConfig, b: PPOBuild, exp, shaped: Shaped, stats: dict[str, list], timing: dict[str, float],
-             update: int) -> dict[str, float]:
-    """TRL 1.12's metrics (same names and formulas) plus ppo.md section b's extras, reduced over processes."""
-    coef, reduce = b.kl_controller.coef, b.accelerator.reduce
-    replies = [row[:n] for row, n in zip(exp.responses.tolist(), exp.lengths.tolist(), strict=True)]
-    non_score = rl.masked_sum(-coef * shaped.kl, shaped.mask, dim=1).mean()
-    local = {
-        "objective/kl": rl.masked_sum(shaped.kl, shaped.mask, dim=1).mean(),
-        "objective/entropy": rl.masked_sum(-exp.logprobs, shaped.mask, dim=1).mean(),
-        "objective/non_score_reward": non_score,
-        "objective/rlhf_reward": non_score + shaped.scores.mean(),
-        "objective/scores": shaped.scores.mean(),
-        **{key: torch.stack(values).mean() for key, values in stats.items()},
-        "val/ratio_var": torch.stack(stats["val/ratio"]).var() if len(stats["val/ratio"]) > 1 else torch.tensor(0.0),
-        "tokens/response_len_mean": exp.lengths.float().mean(),
-        "val/frac_missing_eos": (~exp.has_eos).float().mean(),
-        "val/mean": rl.masked_mean(exp.values, shaped.value_mask, all_reduce=reduce),
-        "val/returns_mean": rl.masked_mean(shaped.returns, shaped.value_mask, all_reduce=reduce),
-        "val/vf_explained_var": rl.explained_variance(exp.values, shaped.returns, shaped.value_mask, reduce),
-        "policy/advantages_mean": rl.masked_mean(shaped.raw_advantages, shaped.mask, all_reduce=reduce),
-        "policy/advantages_std": rl.masked_var(shaped.raw_advantages, shaped.mask, all_reduce=reduce).sqrt(),
-        # Not TRL's: repeating replies is how the real run in docs/results_ppo.md gamed a weak reward model.
-        "completions/repetition_rate": torch.tensor(completions.repetition_rate(replies, b.sampler.eos_id),
-                                                    device=exp.responses.device),
-    }
-    values = reduce(torch.stack([v.float() for v in local.values()]), reduction="mean").tolist()
-    metrics = dict(zip(local, values))
-    metrics["val/num_eos_tokens"] = int(reduce((exp.responses == b.sampler.eos_id).sum(), reduction="sum"))
-    episode = update * cfg.ppo.rollout_batch_size
-    metrics.update({"objective/kl_coef": coef, "lr": b.scheduler.get_last_lr()[0], "episode": episode,
-                    "epoch": episode / len(b.prompts.loader.dataset),
-                    **{f"timing/{key}": value for key, value in timing.items()}})
-    return metrics
 
 
 def _side(cfg: PPOConfig, name_or_path: str) -> tuple[ModelConfig, str]:
