@@ -124,15 +124,12 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from align import evaluation
+    from align import config, config_options
+    from align import eval as evaluation
 
     _quiet_libraries()
-    cfg = evaluation.EvalConfig(
-        policy=args.policy, data=args.data, reference=args.reference, judge=args.judge, out=args.out,
-        max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, seed=args.seed,
-        temperature=args.temperature, beta=args.beta, kl_estimator=args.kl_estimator, batch_size=args.batch_size,
-        num_threads=args.num_threads,
-    )
+    options = config_options.given_options(args, evaluation.EvalConfig)
+    cfg = config.load_config(evaluation.EvalConfig, args.config, options + args.overrides)
     result = evaluation.run(cfg)
     print(result.markdown)
     print(f"wrote {', '.join(path.name for path in result.files)} to {result.files[0].parent}")
@@ -140,24 +137,18 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    from align import config_options
+    from align.eval import EvalConfig
+
     p = sub.add_parser("eval", help="compare a policy (or a pipeline run's stages) with its reference: win rate, KL, "
                        "implicit DPO reward accuracy, length, EOS and repetition",
                        description="Evaluate a policy against its reference on a data file; writes eval.json, eval.md, "
-                       "samples.jsonl and PNG plots. See docs/evaluation.md.")
-    p.add_argument("--policy", required=True, help="policy checkpoint dir, or a pipeline run dir (compares its stages)")
-    p.add_argument("--data", required=True, help="data file: preference pairs (also give prompts) or any prompt source")
-    p.add_argument("--reference", help="reference policy dir (needed for pairs, KL and win rate; pipeline: its "
-                   "first stage)")
-    p.add_argument("--judge", help="reward:DIR (reward model) or rule:module:function (fn(prompts, completions))")
-    p.add_argument("--out", help="output dir (default: <policy>/eval)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit (default 128)")
-    p.add_argument("--num-samples", type=int, default=100, help="evaluate the first N rows (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and the bootstrap (default 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1.0)")
-    p.add_argument("--beta", type=float, default=0.1, help="DPO beta for the implicit rewards (default 0.1)")
-    p.add_argument("--kl-estimator", choices=["k1", "k3"], default="k3", help="per-token KL estimator (default k3)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per forward / generate call (default 8)")
-    p.add_argument("--num-threads", type=int, default=0, help="CPU threads for torch (default 0: one per core)")
+                       "samples.jsonl, config.yaml and PNG plots. Settings come from --config, then the options, "
+                       "then KEY=VALUE overrides (later wins). See docs/evaluation.md.")
+    p.add_argument("--config", metavar="FILE", help="YAML file of these settings, keyed by field name "
+                   "(num_samples: 200)")
+    config_options.add_options(p, EvalConfig)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. num_samples=200")
     p.set_defaults(func=_eval)
 
 

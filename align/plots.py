@@ -1,4 +1,5 @@
-"""PNG plots that need no W&B: a run's metric curves (from metrics.jsonl) and `align eval`'s comparison charts.
+"""PNG plots that need no W&B: a run's metric curves (from metrics.jsonl), and the figure helpers `align eval`'s
+charts (align.eval.report) share.
 
 matplotlib runs on its Agg backend, so this works on machines without a display.
 """
@@ -130,60 +131,3 @@ def save(plt, fig, path: Path) -> None:
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
-# (title, section, key) of the eval summary's bar charts.
-EVAL_BARS = (
-    ("win rate vs reference (95% CI)", "generation", "win_rate"),
-    ("KL to reference (nats/reply)", "generation", "kl"),
-    ("implicit reward accuracy", "pairs", "rewards/accuracies"),
-    ("reply length (tokens)", "generation", "length_mean"),
-    ("EOS rate", "generation", "eos_rate"),
-    ("repeated 4-gram rate", "generation", "repetition_rate"),
-)
-FRACTIONS = {"win_rate", "rewards/accuracies", "eos_rate", "repetition_rate"}
-
-
-def plot_eval(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """`align eval` charts: eval_summary.png (bars per model), eval_lengths.png (reply-length histograms) and, with
-    preference pairs, eval_margins.png (implicit-margin histograms). Returns the files written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    models = ([report["reference"]] if report["reference"] else []) + report["policies"]
-    plt = pyplot()
-    written = [eval_bars(plt, models, out_dir / "eval_summary.png")]
-    for key, title, name in (("length", "reply length (tokens)", "eval_lengths.png"),
-                             ("implicit_margin", "implicit reward margin", "eval_margins.png")):
-        shown = [m for m in models if m["per_sample"].get(key)]
-        if not shown:
-            continue
-        fig, (ax,) = panels(plt, 1)
-        ax.hist([m["per_sample"][key] for m in shown], bins=20, label=[m["name"] for m in shown],
-                histtype="step", linewidth=1.5)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("replies" if key == "length" else "pairs", fontsize=8)
-        ax.legend(fontsize=7)
-        save(plt, fig, out_dir / name)
-        written.append(out_dir / name)
-    return written
-
-
-def eval_bars(plt, models: list[dict[str, Any]], path: Path) -> Path:
-    """One bar chart per summary metric that some model has, a bar per model (win rate with its CI)."""
-    shown = [(title, section, key) for title, section, key in EVAL_BARS
-             if any(key in m.get(section, {}) for m in models)]
-    fig, axes = panels(plt, len(shown))
-    for ax, (title, section, key) in zip(axes, shown):
-        having = [m for m in models if key in m.get(section, {})]
-        values = [m[section][key] for m in having]
-        errors = None
-        if key == "win_rate":
-            errors = [[v - m[section]["win_rate_ci"][0] for v, m in zip(values, having)],
-                      [m[section]["win_rate_ci"][1] - v for v, m in zip(values, having)]]
-        ax.bar([m["name"] for m in having], values, yerr=errors, capsize=4)
-        if key in FRACTIONS:
-            ax.set_ylim(0.0, 1.05)
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(labelsize=7)
-    save(plt, fig, path)
-    return path

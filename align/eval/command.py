@@ -1,0 +1,268 @@
+"""`align eval`: how a policy compares with its reference, on preference pairs and on sampled replies.
+
+On preference pairs: the implicit DPO reward accuracy (the sign of the policy-vs-reference log-ratio margin) and
+the judge's accuracy. On prompts (any data file can give prompts): replies sampled from the policy and the
+reference, the policy's win rate as a judge sees it with a bootstrap confidence interval, the KL to the reference
+on the policy's own samples, reply length, EOS rate and repetition. A pipeline run dir compares all its stages.
+`build` checks everything that can be checked before a model loads; `run` evaluates and writes config.yaml and the
+report (align.eval.report). DPO paper: https://huggingface.co/papers/2305.18290
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import data_formats
+from align import completions, config, models, reward_functions
+from align.errors import ConfigError, ModelError
+from align.eval import judges, metrics, scoring
+from align.eval.config import EvalConfig
+from align.eval.report import plot_eval, render_markdown, sample_rows, write_outputs
+from align.sections import ModelConfig
+
+log = logging.getLogger(__name__)
+
+JUDGE_STAGE = "reward"
+"""In a pipeline run, the stage whose output is a reward model (a judge, not a policy)."""
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class EvalData:
+    format: str
+    prompts: list[list[dict]]
+    pairs: list[dict]
+    """Preference rows, empty when the file's format gives none."""
+    skipped: dict[str, dict[str, int]]
+    """Malformed rows left out under on_error skip, by reason, as prompts and as pairs."""
+
+
+def load_data(path: str, limit: int, on_error: str) -> EvalData:
+    """The first `limit` prompt rows of any data file, and its first `limit` preference rows when it has them."""
+    loaded = data_formats.load_source(path, "prompt", on_error=on_error)
+    fmt = loaded.report.format
+    pairs = (data_formats.load_source(path, "preference", on_error=on_error)
+             if "preference" in data_formats.FORMATS[fmt].kinds else None)
+    rows = loaded.rows[:limit]
+    pair_rows = pairs.rows[:limit] if pairs else []
+    if any(row.get("tools") for row in rows + pair_rows):
+        raise ConfigError(f"--data {path}: rows with tools are not supported by align eval yet")
+    return EvalData(format=fmt, prompts=[row["prompt"] for row in rows], pairs=pair_rows,
+                    skipped={"prompts": loaded.report.skipped, "pairs": pairs.report.skipped if pairs else {}})
+
+
+@dataclass
+class Candidate:
+    """A model to evaluate: a policy, or the reference."""
+
+    name: str
+    path: str
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / models.ADAPTER_CONFIG).is_file()
+
+
+def pipeline_stages(run_dir: Path) -> list[tuple[str, Path]]:
+    """(stage, dir) of every finished stage under a pipeline run dir, in the order they finished.
+
+    A stage dir holds summary.json (written last, with `finished_at`) and config.yaml (with `stage:`). Order is by
+    `finished_at`, then by the summary file's modification time (finished_at has one-second resolution).
+    """
+    found = []
+    for sub in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        summary, cfg = sub / "summary.json", sub / "config.yaml"
+        if not (summary.is_file() and cfg.is_file()):
+            continue
+        stage = config.read_yaml(cfg).get("stage")
+        if not isinstance(stage, str):
+            log.warning("%s: config.yaml names no stage; left out of the comparison", sub)
+            continue
+        finished = json.loads(summary.read_text(encoding="utf-8")).get("finished_at", "")
+        found.append((finished, summary.stat().st_mtime_ns, stage, sub))
+    return [(stage, sub) for _, _, stage, sub in sorted(found)]
+
+
+def candidates(cfg: EvalConfig) -> tuple[list[Candidate], Candidate | None, str | None]:
+    """(policies, reference, judge spec) for a policy dir, or for a pipeline run dir by this rule: every stage but
+    `reward` is a policy, in finishing order; the reference is --reference, else the first of them (normally sft);
+    the judge is --judge, else the last reward stage's output."""
+    policy = Path(cfg.policy)
+    reference = Candidate(Path(cfg.reference).resolve().name, cfg.reference) if cfg.reference else None
+    stages = [] if is_model_dir(policy) else pipeline_stages(policy)
+    if not stages:
+        if reference is not None and reference.name == policy.resolve().name:  # run1/dpo vs run2/dpo: name by path
+            return [Candidate(cfg.policy, cfg.policy)], Candidate(cfg.reference, cfg.reference), cfg.judge
+        return [Candidate(policy.resolve().name, cfg.policy)], reference, cfg.judge
+    policies = [Candidate(sub.name, str(sub)) for stage, sub in stages if stage != JUDGE_STAGE]
+    if not policies:
+        raise ConfigError(f"--policy {policy}: the pipeline run has no policy stage (only {JUDGE_STAGE})")
+    if reference is None:
+        reference = policies[0]
+        log.info("pipeline run: %s is the reference (its first stage)", reference.path)
+    judge = cfg.judge
+    judge_dirs = [sub for stage, sub in stages if stage == JUDGE_STAGE]
+    if judge is None and judge_dirs:
+        judge = f"reward:{judge_dirs[-1]}"
+        log.info("pipeline run: judging with its reward model %s", judge_dirs[-1])
+    return policies, reference, judge
+
+
+@dataclass
+class EvalBuild:
+    """What `run` evaluates, checked before any model loads."""
+
+    policies: list[Candidate]
+    reference: Candidate | None
+    judge_spec: str | None
+    judge: judges.JudgeSpec | None
+    rule: reward_functions.RewardFunction | None
+    """The judge's function when it is a rule; loaded here so a bad spec fails fast."""
+    data: EvalData
+
+
+def build(cfg: EvalConfig) -> EvalBuild:
+    """The models, judge and data of an evaluation, every user error found here raised before any model loads."""
+    problems = cfg.check()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    policies, reference, judge_spec = candidates(cfg)
+    spec = judges.parse_judge(judge_spec) if judge_spec else None
+    rule = judges.load_rule(spec.target) if spec is not None and spec.kind == "rule" else None
+    data = load_data(cfg.data, cfg.num_samples, cfg.on_error)
+    if data.pairs and reference is None:
+        raise ConfigError(f"--reference: {cfg.data} holds preference pairs, whose implicit DPO reward accuracy "
+                          "compares the policy with its reference; pass the reference policy (usually the SFT "
+                          "output) with --reference DIR")
+    if not data.prompts:
+        raise ConfigError(f"--data {cfg.data}: no rows to evaluate")
+    return EvalBuild(policies, reference, judge_spec, spec, rule, data)
+
+
+def load_policy(candidate: Candidate, device: str):
+    """Tokenizer and causal LM (eval mode) of a policy dir."""
+    cfg = ModelConfig(name_or_path=candidate.path)
+    path = models.resolve_path(candidate.path)
+    return models.load_tokenizer(cfg, path), models.load_causal_lm(cfg, path).to(device).eval()
+
+
+def check_same_tokenizer(policy_tokenizer, other_tokenizer, name: str) -> None:
+    """KL and implicit rewards compare token log-probs, so both models must share vocabulary and chat template."""
+    if (policy_tokenizer.get_vocab() != other_tokenizer.get_vocab()
+            or policy_tokenizer.chat_template != other_tokenizer.chat_template):
+        raise ModelError(f"{name}: its tokenizer or chat template differs from the reference's; log-probs of the same "
+                         "text cannot be compared across them")
+
+
+def as_replies(texts: list[str]) -> list[list[dict]]:
+    return [[{"role": "assistant", "content": text}] for text in texts]
+
+
+@dataclass
+class Baseline:
+    """What every policy is compared with: the reference model, its judge scores and its pair log-probs."""
+
+    model: Any
+    judge_scores: list[float] | None
+    chosen_logps: list[float]
+    rejected_logps: list[float]
+
+
+def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge,
+                   baseline: Baseline | None) -> tuple[dict[str, Any], completions.Generated]:
+    """One model's metrics: its sampled replies, and with a baseline, pairs and samples compared with it."""
+    generated = completions.generate(model, tokenizer, data.prompts, max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
+    generation: dict[str, Any] = dict(completions.completion_stats(generated))
+    per_sample: dict[str, list[float]] = {"length": [len(r) for r in generated.responses]}
+    scores = judge.score(data.prompts, as_replies(generated.texts)) if judge else None
+    if scores is not None:
+        generation["judge_score_mean"] = sum(scores) / len(scores)
+        per_sample["judge_score"] = scores
+    result: dict[str, Any] = {"generation": generation, "per_sample": per_sample}
+    if baseline is None:
+        return result, generated
+    if data.pairs:
+        chosen, rejected = scoring.pair_logps(model, tokenizer, data.pairs, cfg.batch_size)
+        result["pairs"], per_sample["implicit_margin"] = metrics.implicit_reward_metrics(
+            chosen, rejected, baseline.chosen_logps, baseline.rejected_logps, cfg.beta)
+    kl = scoring.kl_per_sample(model, baseline.model, generated, tokenizer.pad_token_id, cfg.kl_estimator,
+                               cfg.batch_size)
+    generation["kl"] = sum(kl) / len(kl)
+    if scores is not None and baseline.judge_scores is not None:
+        outcomes = metrics.win_outcomes(scores, baseline.judge_scores)
+        generation["win_rate"] = sum(outcomes) / len(outcomes)
+        generation["win_rate_ci"] = list(metrics.bootstrap_ci(outcomes, samples=cfg.bootstrap_samples,
+                                                              seed=cfg.seed))
+    return result, generated
+
+
+def new_report(cfg: EvalConfig, data: EvalData, judge_spec: str | None) -> dict[str, Any]:
+    """eval.json before any model is evaluated: what data, which settings, which judge."""
+    return {
+        "data": {"path": cfg.data, "format": data.format, "prompts": len(data.prompts), "pairs": len(data.pairs),
+                 "skipped": data.skipped},
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("policy", "data", "reference", "judge", "out")},
+        "judge": {"spec": judge_spec} if judge_spec else None,
+        "reference": None,
+        "policies": [],
+    }
+
+
+def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[dict]]:
+    """eval.json's report and samples.jsonl's rows: the reference first (it becomes the baseline), then each
+    policy, loaded one at a time, then the judge on the preference pairs."""
+    data, reference, spec, rule = built.data, built.reference, built.judge, built.rule
+    models.configure_threads(cfg.num_threads)
+    device = "cpu" if models.use_cpu() else "cuda"
+    report = new_report(cfg, data, built.judge_spec)
+    samples: list[dict] = []
+    judge = baseline = reference_tokenizer = None
+    if reference is not None:
+        reference_tokenizer, model = load_policy(reference, device)
+        judge = judges.make_judge(spec, rule, reference_tokenizer, device, cfg.batch_size)
+        result, generated = evaluate_model(cfg, data, model, reference_tokenizer, judge, None)
+        report["reference"] = {"name": reference.name, "path": reference.path, **result}
+        samples += sample_rows(reference.name, data.prompts, generated, result["per_sample"].get("judge_score"))
+        baseline = Baseline(model, result["per_sample"].get("judge_score"),
+                            *scoring.pair_logps(model, reference_tokenizer, data.pairs, cfg.batch_size))
+    for candidate in built.policies:
+        if reference is not None and Path(candidate.path).resolve() == Path(reference.path).resolve():
+            continue  # the reference's own column is filled in above
+        tokenizer, model = load_policy(candidate, device)
+        if reference_tokenizer is not None:
+            check_same_tokenizer(tokenizer, reference_tokenizer, candidate.path)
+        judge = judge or judges.make_judge(spec, rule, tokenizer, device, cfg.batch_size)
+        log.info("evaluating %s", candidate.path)
+        result, generated = evaluate_model(cfg, data, model, tokenizer, judge, baseline)
+        report["policies"].append({"name": candidate.name, "path": candidate.path, **result})
+        samples += sample_rows(candidate.name, data.prompts, generated, result["per_sample"].get("judge_score"))
+        del model
+        gc.collect()
+    if judge is not None and data.pairs:
+        prompts = [row["prompt"] for row in data.pairs]
+        report["judge"]["pairs"] = metrics.judge_pair_metrics(
+            judge.score(prompts, [row["chosen"] for row in data.pairs]),
+            judge.score(prompts, [row["rejected"] for row in data.pairs]))
+    return report, samples
+
+
+def run(cfg: EvalConfig) -> EvalResult:
+    """Evaluate, then write eval.json, eval.md, samples.jsonl, config.yaml (the config as loaded) and PNG plots to
+    the output dir."""
+    report, samples = evaluate(cfg, build(cfg))
+    out = Path(cfg.out) if cfg.out else Path(cfg.policy) / "eval"
+    markdown = render_markdown(report)
+    files = write_outputs(out, report, markdown, samples) + [config.save_config(cfg, out)]
+    return EvalResult(report=report, markdown=markdown, files=files + plot_eval(report, out))

@@ -1,0 +1,81 @@
+"""The judges `align eval` scores replies with: a reward model (`reward:DIR`) or a reward function as a rule
+(`rule:module:function`). Each has `score(prompts, replies) -> one float per reply`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from align import chat, completions, models, reward_functions
+from align.errors import ConfigError
+from align.eval.scoring import right_padded
+from align.sections import ModelConfig
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    kind: Literal["reward", "rule"]
+    target: str
+    """The reward model dir, or the rule's module:function."""
+
+
+def parse_judge(spec: str) -> JudgeSpec:
+    """`reward:DIR` or `rule:module:function` -> JudgeSpec; anything else is a ConfigError."""
+    kind, sep, target = spec.partition(":")
+    if not sep or kind not in ("reward", "rule") or not target:
+        raise ConfigError(f"--judge: expected reward:DIR or rule:module:function, got {spec!r}")
+    return JudgeSpec(kind, target)
+
+
+def load_rule(target: str) -> reward_functions.RewardFunction:
+    """`module:function` or `path/to/file.py:function` -> the function, checked to exist and be callable."""
+    return reward_functions.load(target, f"--judge rule:{target}")
+
+
+class RewardModelJudge:
+    """Scores replies with a one-label sequence classifier: logits[0] at the reply's EOS (see chat.reward_text)."""
+
+    def __init__(self, path: str, device: str, batch_size: int):
+        cfg = ModelConfig(name_or_path=path)
+        self.tokenizer = models.load_tokenizer(cfg)
+        model = models.load_sequence_classifier(cfg, pad_token_id=self.tokenizer.pad_token_id)
+        self.model = model.to(device).eval()
+        self.batch_size = batch_size
+
+    def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
+        import torch
+
+        rows = [self.tokenizer(chat.reward_text(self.tokenizer, prompt, reply), add_special_tokens=False)["input_ids"]
+                for prompt, reply in zip(prompts, replies, strict=True)]
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                ids, mask = right_padded(rows[start:start + self.batch_size], self.tokenizer.pad_token_id,
+                                         self.model.device)
+                scores.extend(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist())
+        return scores
+
+
+class RuleJudge:
+    """Scores replies with a rule `fn(prompts, completions) -> one float each`, called as the PPO stage calls it:
+    prompts as chat-templated text without special tokens, completions as the reply's text."""
+
+    def __init__(self, fn: reward_functions.RewardFunction, tokenizer):
+        self.fn = fn
+        self.tokenizer = tokenizer
+
+    def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
+        prompt_texts = [self.tokenizer.decode(completions.prompt_ids(self.tokenizer, prompt), skip_special_tokens=True)
+                        for prompt in prompts]
+        texts = ["\n".join(message["content"] for message in reply) for reply in replies]
+        return reward_functions.scores(self.fn, prompt_texts, texts, "--judge")
+
+
+def make_judge(spec: JudgeSpec | None, rule: reward_functions.RewardFunction | None, tokenizer, device: str,
+               batch_size: int):
+    """The judge a spec names; a rule renders prompts with the policies' (shared) tokenizer."""
+    if spec is None:
+        return None
+    if rule is not None:
+        return RuleJudge(rule, tokenizer)
+    return RewardModelJudge(spec.target, device, batch_size)
