@@ -21,6 +21,8 @@ class StageData:
     report: dict[str, Any]
     dropped: Counter = field(default_factory=Counter)
     """Rows dropped by the stage after formatting (too long, nothing left to train on), counted by reason."""
+    eval_origins: list[str] = field(default_factory=list)
+    """The source path of each eval row, in order."""
 
 
 def sources(cfg: DataConfig, which: str) -> list[data_formats.Source]:
@@ -39,7 +41,7 @@ def load(cfg: DataConfig, kind: str) -> StageData:
     report = prepared.report.to_dict()
     log.info("data: %d train / %d eval %s rows (%s)", len(prepared.train), len(prepared.eval), kind,
              prepared.report.summary().replace("\n", "; "))
-    return StageData(train=prepared.train, eval=prepared.eval, report=report)
+    return StageData(train=prepared.train, eval=prepared.eval, report=report, eval_origins=prepared.eval_origins)
 
 
 def tokenize_all(rows: list[dict], tokenize: Callable[[dict], dict], *, max_length: int, drop_long: bool,

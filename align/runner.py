@@ -282,13 +282,15 @@ def completion_prompts(stage_data, count: int) -> list[list[dict]]:
 
 def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: str | None,
                    has_eval: bool, save: Callable[[Path], None], extra_summary: dict[str, Any],
-                   stage_controls: Controls | None = None) -> StageResult:
+                   stage_controls: Controls | None = None,
+                   held_out_checks: Callable[[Path], dict[str, Any]] | None = None) -> StageResult:
     """Train (resuming if asked), evaluate, save the final model with `save`, plot the curves, then write
     summary.json last.
 
     After a fatal health alert (NaN/inf loss) the weights in memory are broken: evaluation and the final save are
     skipped, the last checkpoint stays the latest good model, and summary.json says so under "stopping".
     `save` runs on every process and must itself write non-collective files from the main process only.
+    `held_out_checks(out)` runs on the main process after the save (on the saved model) and adds to summary.json.
     """
     from align import plots, progress
 
@@ -313,6 +315,8 @@ def train_and_save(trainer, *, stage: str, output_dir: str | Path, resume_from: 
         summary = {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics,
                    **extra_summary, **(stage_controls.summary(trainer.state) if stage_controls else {})}
         best = trainer.state.best_model_checkpoint
+        if fatal is None and has_eval and held_out_checks is not None:
+            summary.update(held_out_checks(out))
         if fatal is not None:
             summary["stopping"] = stopped_by(fatal, out)
             log.warning("%s stopped at step %d on %s; the final model was not saved, the last checkpoint (%s) "
@@ -347,6 +351,9 @@ class TrainerBuild:
     controls: Controls
     summary: dict[str, Any] = field(default_factory=dict)
     """Stage-specific entries for summary.json (e.g. what the reference model is)."""
+    held_out_checks: Callable[[Path], dict[str, Any]] | None = None
+    """Checks of the saved model on the eval rows (baselines, probe), run after the final save; their summary.json
+    entries."""
 
 
 def run_trainer_stage(cfg: Any, stage: str, build: Callable[[Any, Any], TrainerBuild]) -> StageResult:
@@ -379,7 +386,7 @@ def run_trainer_stage(cfg: Any, stage: str, build: Callable[[Any, Any], TrainerB
             extra_summary={"data": built.stage_data.report, "dropped": dict(built.stage_data.dropped),
                            "parameters": {"trainable": trainable, "total": total},
                            "lora": cfg.model.lora.enabled, **built.summary},
-            stage_controls=built.controls,
+            stage_controls=built.controls, held_out_checks=built.held_out_checks,
         )
         tracker.summary(result.metrics)
     finally:

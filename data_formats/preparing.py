@@ -72,6 +72,8 @@ class Prepared:
     train: list[dict]
     eval: list[dict]
     report: PrepareReport
+    eval_origins: list[str] = field(default_factory=list)
+    """The path of the source each eval row came from, row by row (eval figures are reported per source)."""
 
 
 def prepare(
@@ -141,7 +143,10 @@ def prepare(
     report.removed = dict(removed)
     report.train_rows, report.eval_rows = len(train_rows), len(eval_rows)
     log.info("%s", report.summary())
-    return Prepared(train_rows, eval_rows, report)
+    # Filtering, deduplication and splitting keep the row objects, so identity finds each eval row's source.
+    origin = {id(row): source.path for item, source in zip(loaded + loaded_eval, train_sources + eval_sources)
+              for row in item.rows}
+    return Prepared(train_rows, eval_rows, report, [origin[id(row)] for row in eval_rows])
 
 
 def _check_arguments(train: list[Source], eval_sources: list[Source], eval_fraction: float,

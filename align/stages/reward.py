@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from align import chat, data, models, runner
@@ -21,6 +23,8 @@ from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
 from align.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+MODEL_RANKING = "reward model"
 
 
 @dataclass(kw_only=True)
@@ -41,9 +45,16 @@ class RewardConfig:
     """With LoRA: also save the adapter merged into the base weights under <output_dir>/merged."""
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra trl.RewardConfig fields we do not expose, checked against that class; for experts."""
+    held_out_checks: bool = True
+    """After training, on the eval pairs: accuracy beside the baselines it must beat (longer / shorter reply, the
+    starting model's log-prob margin) with 95% intervals per source, and the exploit probe (probe.json)."""
+    probe_samples: int = 100
+    """Eval pairs whose chosen replies the exploit probe degrades (8 variants each)."""
 
     def check(self) -> list[str]:
         problems = []
+        if self.probe_samples < 1:
+            problems.append(f"probe_samples: must be >= 1, got {self.probe_samples}")
         if self.save_merged and not self.model.lora.enabled:
             problems.append("save_merged: only applies with model.lora.enabled=true")
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient <= 0:
@@ -104,7 +115,38 @@ def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
     log.info("reward: %s, %d train / %d eval pairs (eval batches of %d), %s of %s parameters trainable",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), args.per_device_eval_batch_size,
              f"{trainable:,}", f"{total:,}")
-    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls)
+    kept = [(row, origin) for row, origin in zip(stage_data.eval, stage_data.eval_origins, strict=True)
+            if max(len(ids) for ids in tokenize(row).values()) <= cfg.train.max_length]
+    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls,
+                               held_out_checks=_held_out_checks(cfg, kept, tokenizer) if cfg.held_out_checks else None)
+
+
+def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer) -> Callable[[Path], dict[str, Any]]:
+    """The saved reward model's eval accuracy beside its baselines, and its exploit probe (align.probe)."""
+
+    def checks(out: Path) -> dict[str, Any]:
+        from align.eval import baselines, judges, rankings
+        from align.probe import command as probe_command
+        from align.probe.config import ProbeConfig
+
+        pairs, origins = [row for row, _ in kept], [origin for _, origin in kept]
+        prompts = [row["prompt"] for row in pairs]
+        device = "cpu" if models.use_cpu() else "cuda"
+        judge = judges.RewardModelJudge(str(out), device, cfg.train.batch_size)
+        chosen, rejected = (judge.score(prompts, [row[side] for row in pairs]) for side in ("chosen", "rejected"))
+        starting = models.load_causal_lm(cfg.model, models.resolve_path(cfg.model.name_or_path)).to(device).eval()
+        table = rankings.table(pairs, origins, {MODEL_RANKING: baselines.outcomes(chosen, rejected)},
+                               starting_policy=starting, tokenizer=tokenizer, batch_size=cfg.train.batch_size,
+                               seed=cfg.train.seed)
+        del starting
+        log.info("reward: held-out pairs\n%s", baselines.markdown(table, MODEL_RANKING))
+        probe = probe_command.score_and_write(
+            judge, prompts[:cfg.probe_samples], [baselines.reply_text(row["chosen"]) for row in pairs[:cfg.probe_samples]],
+            reward_model=str(out), threshold=ProbeConfig.threshold, out=out, batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed)
+        return {"held_out": {"pairs": len(pairs), "accuracy": table}, "probe": probe.to_dict()}
+
+    return checks
 
 
 def run(cfg: RewardConfig) -> StageResult:

@@ -56,6 +56,17 @@ def test_reward_full_finetune_eval_accuracy_matches_saved_model(tmp_path, tiny_m
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stage"] == "reward" and summary["dropped"] == {}
 
+    # Held-out checks: the model's accuracy beside its baselines, by hand on the 4 eval pairs; and the probe.
+    table = summary["held_out"]["accuracy"]["all"]
+    assert table["reward model"]["accuracy"] == result.metrics["eval_accuracy"]
+    # chosen vs rejected characters: eight/one, paris/a dog (a tie), the sky and the sea/bad, you are welcome.../what?
+    assert table["longer reply"]["accuracy"] == 3.5 / 4 and table["shorter reply"]["accuracy"] == 0.5 / 4
+    low, high = table["longer reply"]["ci"]
+    assert low <= 0.875 <= high and table["longer reply"]["n"] == 4
+    assert {"starting policy log-prob margin", "starting policy per-token log-prob margin"} <= set(table)
+    probe = json.loads((out / "probe.json").read_text())
+    assert summary["probe"] == probe and probe["pairs"] == 4 and "ngram_loop" in probe["variants"]
+
     weights = load_file(str(out / "model.safetensors"))
     assert "score.weight" in weights and not any(k.startswith("lm_head") for k in weights)
     before = load_file(str(tiny_model_dir / "model.safetensors"))

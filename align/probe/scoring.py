@@ -1,0 +1,50 @@
+"""Score good replies and their degraded variants with one judge, and summarise what the judge preferred."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from align.probe import results, variants
+
+log = logging.getLogger(__name__)
+
+Score = Callable[[list[list[dict]], list[list[dict]]], list[float]]
+"""A judge's score(prompts, replies): chat messages in, one float per reply out."""
+
+
+def last_user_text(prompt: list[dict]) -> str:
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
+def probe(score: Score, prompts: list[list[dict]], replies: list[str], *, reward_model: str, threshold: float,
+          interval: results.Interval, batch_size: int, progress=None) -> results.ProbeResult:
+    """Every variant of every reply, scored by `score` beside the reply itself. `progress(n)` is told of each batch
+    of n replies scored."""
+    jobs: list[tuple[str | None, int, str]] = [(None, i, reply) for i, reply in enumerate(replies)]
+    for name, make in variants.VARIANTS.items():
+        for i, reply in enumerate(replies):
+            degraded = make(reply, last_user_text(prompts[i]))
+            if degraded is not None:
+                jobs.append((name, i, degraded))
+    scores: list[float] = []
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        scores += score([prompts[i] for _, i, _ in batch],
+                        [[{"role": "assistant", "content": text}] for _, _, text in batch])
+        if progress:
+            progress(len(batch))
+    originals = scores[:len(replies)]
+    scored: dict[str, list[tuple[int, float]]] = {name: [] for name in variants.VARIANTS}
+    for (name, i, _), value in zip(jobs[len(replies):], scores[len(replies):], strict=True):
+        scored[name].append((i, value))
+    result = results.summarise(reward_model, threshold, originals, scored, interval)
+    log.info("probe of %s: worst variant %s (degraded scored higher in %.0f%% of %d)", reward_model, result.worst,
+             100 * result.variants[result.worst].win_rate, result.variants[result.worst].n)
+    return result
+
+
+def job_count(replies: list[str], prompts: list[list[dict]]) -> int:
+    """How many replies `probe` scores, for a progress bar."""
+    return len(replies) + sum(make(reply, last_user_text(prompt)) is not None
+                              for make in variants.VARIANTS.values() for reply, prompt in zip(replies, prompts))

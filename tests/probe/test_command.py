@@ -1,0 +1,30 @@
+"""`align probe` end to end on a tiny reward model: every variant scored, the file written, the numbers the judge's."""
+
+import json
+
+from tiny import PAIRS, write_pairs
+
+from align.eval import judges
+from align.probe import command, variants
+from align.probe.config import ProbeConfig
+
+
+def test_probe_writes_every_variant_with_the_judges_own_scores(tmp_path, tiny_reward_model_dir):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:6])
+    out = tmp_path / "probe"
+    result = command.run(ProbeConfig(reward_model=str(tiny_reward_model_dir), data=str(pairs), out=str(out),
+                                     bootstrap_samples=50))
+    written = json.loads((out / "probe.json").read_text())
+    assert written["pairs"] == 6 and written["worst"] == result.worst
+    # No tiny chosen reply is a refusal: every variant but compliance applies to all 6.
+    assert {name: v["n"] for name, v in written["variants"].items()} == {
+        name: 6 for name in variants.VARIANTS if name != "compliance"}
+    judge = judges.RewardModelJudge(str(tiny_reward_model_dir), "cpu", 8)
+    prompts = [[{"role": "user", "content": p}] for p, _, _ in PAIRS[:6]]
+    originals = judge.score(prompts, [[{"role": "assistant", "content": c}] for _, c, _ in PAIRS[:6]])
+    emptied = judge.score(prompts, [[{"role": "assistant", "content": ""}]] * 6)
+    wins = sum(1.0 if e > o else 0.5 if e == o else 0.0 for e, o in zip(emptied, originals)) / 6
+    assert abs(written["variants"]["empty"]["win_rate"] - wins) < 1e-9
+    low, high = written["variants"]["empty"]["ci"]
+    assert low <= wins <= high
+    assert (out / "config.yaml").is_file() and "| empty |" in (out / "probe.md").read_text()
