@@ -123,33 +123,65 @@ def _data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _load_options(args: argparse.Namespace, schema: type):
+    """A command's config from --config, then its options, then KEY=VALUE overrides, through the strict loader."""
     from align import config, config_options
-    from align import eval as evaluation
 
     _quiet_libraries()
-    options = config_options.given_options(args, evaluation.EvalConfig)
-    cfg = config.load_config(evaluation.EvalConfig, args.config, options + args.overrides)
-    result = evaluation.run(cfg)
+    options = config_options.given_options(args, schema)
+    return config.load_config(schema, args.config, options + args.overrides)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from align import eval as evaluation
+
+    result = evaluation.run(_load_options(args, evaluation.EvalConfig))
     print(result.markdown)
     print(f"wrote {', '.join(path.name for path in result.files)} to {result.files[0].parent}")
     return 0
 
 
-def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from align import config_options
-    from align.eval import EvalConfig
+def _probe(args: argparse.Namespace) -> int:
+    from align.probe import ProbeConfig, command, results
 
-    p = sub.add_parser("eval", help="compare a policy (or a pipeline run's stages) with its reference: win rate, KL, "
-                       "implicit DPO reward accuracy, length, EOS and repetition",
-                       description="Evaluate a policy against its reference on a data file; writes eval.json, eval.md, "
-                       "samples.jsonl, config.yaml and PNG plots. Settings come from --config, then the options, "
-                       "then KEY=VALUE overrides (later wins). See docs/evaluation.md.")
-    p.add_argument("--config", metavar="FILE", help="YAML file of these settings, keyed by field name "
-                   "(num_samples: 200)")
-    config_options.add_options(p, EvalConfig)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. num_samples=200")
-    p.set_defaults(func=_eval)
+    cfg = _load_options(args, ProbeConfig)
+    result = command.run(cfg)
+    print(results.markdown(result))
+    if not result.passed:
+        print(f"the reward model prefers the degraded reply '{result.worst}' too often; RL stages will refuse it")
+    return 0 if result.passed else 1
+
+
+def _add_options_command(sub: argparse._SubParsersAction, name: str, schema: type, func, *, help_text: str,
+                         description: str, example: str) -> None:
+    """A command whose options are the fields of its config dataclass (align.config_options)."""
+    from align import config_options
+
+    p = sub.add_parser(name, help=help_text, description=description + " Settings come from --config, then the "
+                       "options, then KEY=VALUE overrides (later wins).")
+    p.add_argument("--config", metavar="FILE", help=f"YAML file of these settings, keyed by field name ({example})")
+    config_options.add_options(p, schema)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"overrides, e.g. {example.replace(': ', '=')}")
+    p.set_defaults(func=func)
+
+
+def _add_eval_and_probe_parsers(sub: argparse._SubParsersAction) -> None:
+    from align.eval import EvalConfig
+    from align.probe import ProbeConfig
+
+    _add_options_command(
+        sub, "eval", EvalConfig, _eval, example="num_samples: 200",
+        help_text="compare a policy (or a pipeline run's stages) with its reference: win rate, KL, implicit DPO "
+        "reward accuracy beside its baselines, length, EOS and repetition",
+        description="Evaluate a policy against its reference on a data file; writes eval.json, eval.md, "
+        "samples.jsonl, config.yaml and PNG plots. See docs/evaluation.md.")
+    _add_options_command(
+        sub, "probe", ProbeConfig, _probe, example="num_samples: 100",
+        help_text="does a reward model prefer degraded replies (loops, list spam, padding, truncation, ...)? "
+        "exit 1 when a variant wins more often than the threshold",
+        description="Degrade the chosen replies of preference pairs 8 ways and report, per way, how often the reward "
+        "model scores the degraded reply above the original, with 95% intervals; writes probe.json, probe.md and "
+        "config.yaml. See docs/evaluation.md.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default="0/1", help="run every n-th trial starting at i, as i/n (one process per GPU)")
     p.set_defaults(func=_sweep)
 
-    _add_eval_parser(sub)
+    _add_eval_and_probe_parsers(sub)
 
     p = sub.add_parser("validate", help="load and check every YAML config found (recursively); trains nothing")
     p.add_argument("paths", nargs="+", help="YAML files or directories")

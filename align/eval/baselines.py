@@ -55,20 +55,16 @@ def verdict(model: dict[str, Any], baseline: dict[str, Any]) -> str:
     return "overlaps"
 
 
-def verdicts(rows: dict[str, dict[str, Any]], model: str) -> dict[str, str]:
-    """How `model` compares with every other ranking of one table row."""
-    return {name: verdict(rows[model], other) for name, other in rows.items() if name != model}
-
-
-def markdown(tables: dict[str, dict[str, dict[str, Any]]], model: str) -> str:
-    """One table per source: each ranking's accuracy and interval, and where `model` stands against it."""
+def markdown(tables: dict[str, dict[str, dict[str, Any]]], models: Sequence[str]) -> str:
+    """One table per source: each ranking's accuracy and interval, and where each of `models` stands against it."""
     lines = []
     for group, rows in tables.items():
+        shown = [m for m in models if m in rows]
         lines += [f"**{group}** ({next(iter(rows.values()))['n']} pairs)", "",
-                  "| ranking | accuracy | 95% interval | " + model + " is |", "|---|---:|---|---|"]
-        against = verdicts(rows, model) if model in rows else {}
+                  "| ranking | accuracy | 95% interval |" + "".join(f" {m} is |" for m in shown),
+                  "|---|---:|---|" + "---|" * len(shown)]
         for name, row in rows.items():
-            lines.append(f"| {name} | {row['accuracy']:.3f} | [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] | "
-                         f"{against.get(name, '')} |")
+            against = "".join(f" {verdict(rows[m], row) if m != name else ''} |" for m in shown)
+            lines.append(f"| {name} | {row['accuracy']:.3f} | [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] |{against}")
         lines.append("")
     return "\n".join(lines)

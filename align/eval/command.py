@@ -14,13 +14,14 @@ import gc
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import data_formats
 from align import completions, config, models, reward_functions
 from align.errors import ConfigError, ModelError
-from align.eval import judges, metrics, scoring
+from align.eval import baselines, judges, metrics, rankings, scoring
 from align.eval.config import EvalConfig
 from align.eval.report import plot_eval, render_markdown, sample_rows, write_outputs
 from align.sections import ModelConfig
@@ -28,6 +29,7 @@ from align.sections import ModelConfig
 log = logging.getLogger(__name__)
 
 JUDGE_STAGE = "reward"
+JUDGE_RANKING = "judge"
 """In a pipeline run, the stage whose output is a reward model (a judge, not a policy)."""
 
 
@@ -228,6 +230,8 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
     device = "cpu" if models.use_cpu() else "cuda"
     report = new_report(cfg, data, built.judge_spec)
     samples: list[dict] = []
+    # Per-pair outcomes of every way of ranking the pairs: each policy's implicit reward, the judge, the baselines.
+    pair_rankings: dict[str, list[float]] = {}
     judge = baseline = reference_tokenizer = None
     if reference is not None:
         reference_tokenizer, model = load_policy(reference, device)
@@ -235,8 +239,15 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
         result, generated = evaluate_model(cfg, data, model, reference_tokenizer, judge, None)
         report["reference"] = {"name": reference.name, "path": reference.path, **result}
         samples += sample_rows(reference.name, data.prompts, generated, result["per_sample"].get("judge_score"))
-        baseline = Baseline(model, result["per_sample"].get("judge_score"),
-                            *scoring.pair_logps(model, reference_tokenizer, data.pairs, cfg.batch_size))
+        prompts = [row["prompt"] for row in data.pairs]
+        chosen, rejected = (scoring.reply_logps_and_lengths(model, reference_tokenizer, prompts,
+                                                            [row[side] for row in data.pairs], cfg.batch_size)
+                            for side in ("chosen", "rejected"))
+        baseline = Baseline(model, result["per_sample"].get("judge_score"), chosen[0], rejected[0])
+        if data.pairs:
+            pair_rankings.update(rankings.length_rankings(data.pairs))
+            pair_rankings.update({f"{name} ({reference.name})": outcomes for name, outcomes
+                                  in rankings.log_prob_rankings(chosen, rejected).items()})
     for candidate in built.policies:
         if reference is not None and Path(candidate.path).resolve() == Path(reference.path).resolve():
             continue  # the reference's own column is filled in above
@@ -247,14 +258,21 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
         log.info("evaluating %s", candidate.path)
         result, generated = evaluate_model(cfg, data, model, tokenizer, judge, baseline)
         report["policies"].append({"name": candidate.name, "path": candidate.path, **result})
+        if "implicit_margin" in result["per_sample"]:
+            margins = result["per_sample"]["implicit_margin"]
+            pair_rankings[f"{candidate.name} implicit reward"] = baselines.outcomes(margins, [0.0] * len(margins))
         samples += sample_rows(candidate.name, data.prompts, generated, result["per_sample"].get("judge_score"))
         del model
         gc.collect()
     if judge is not None and data.pairs:
         prompts = [row["prompt"] for row in data.pairs]
-        report["judge"]["pairs"] = metrics.judge_pair_metrics(
-            judge.score(prompts, [row["chosen"] for row in data.pairs]),
-            judge.score(prompts, [row["rejected"] for row in data.pairs]))
+        judged_chosen = judge.score(prompts, [row["chosen"] for row in data.pairs])
+        judged_rejected = judge.score(prompts, [row["rejected"] for row in data.pairs])
+        report["judge"]["pairs"] = metrics.judge_pair_metrics(judged_chosen, judged_rejected)
+        pair_rankings[JUDGE_RANKING] = baselines.outcomes(judged_chosen, judged_rejected)
+    if pair_rankings:
+        report["baselines"] = baselines.table(pair_rankings, [cfg.data] * len(data.pairs), partial(
+            metrics.bootstrap_ci, samples=cfg.bootstrap_samples, seed=cfg.seed))
     return report, samples
 
 

@@ -24,12 +24,20 @@ def length_rankings(pairs: Sequence[dict]) -> dict[str, list[float]]:
 
 def policy_rankings(model, tokenizer, pairs: Sequence[dict], batch_size: int) -> dict[str, list[float]]:
     """The causal LM's implicit ranking: which reply it finds more likely, in total and per token."""
-    (chosen, chosen_tokens), (rejected, rejected_tokens) = (
-        scoring.reply_logps_and_lengths(model, tokenizer, [p["prompt"] for p in pairs], [p[side] for p in pairs],
-                                        batch_size) for side in ("chosen", "rejected"))
-    return {POLICY_SUM: baselines.outcomes(chosen, rejected),
-            POLICY_MEAN: baselines.outcomes([s / max(1, n) for s, n in zip(chosen, chosen_tokens, strict=True)],
-                                            [s / max(1, n) for s, n in zip(rejected, rejected_tokens, strict=True)])}
+    prompts = [p["prompt"] for p in pairs]
+    chosen, rejected = (scoring.reply_logps_and_lengths(model, tokenizer, prompts, [p[side] for p in pairs],
+                                                        batch_size) for side in ("chosen", "rejected"))
+    return log_prob_rankings(chosen, rejected)
+
+
+def log_prob_rankings(chosen: tuple[list[float], list[int]],
+                      rejected: tuple[list[float], list[int]]) -> dict[str, list[float]]:
+    """`policy_rankings` from (summed log-probs, token counts) of the chosen and of the rejected replies."""
+    def per_token(sums_and_counts):
+        return [s / max(1, n) for s, n in zip(*sums_and_counts, strict=True)]
+
+    return {POLICY_SUM: baselines.outcomes(chosen[0], rejected[0]),
+            POLICY_MEAN: baselines.outcomes(per_token(chosen), per_token(rejected))}
 
 
 def table(pairs: Sequence[dict], origins: Sequence[str], model_rankings: dict[str, list[float]], *,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from align import completions
+from align.eval import baselines
 from align.plots import panels, pyplot, save
 
 
@@ -87,6 +88,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {label} | " + " | ".join(value or "–" for value in cells) + " |")
     lines += ["", ("Win rate: ties count 0.5; brackets hold the 95% bootstrap interval. Reply length counts the EOS. "
                    "Repeated 4-gram rate: fraction of replies in which some 4 consecutive tokens occur twice."), ""]
+    if report.get("baselines"):
+        ranked = next(iter(report["baselines"].values()))
+        models = [name for name in ranked if name.endswith(" implicit reward") or name == "judge"]
+        lines += ["## Pair accuracy beside its baselines", "",
+                  ("Each way of ranking the preference pairs, on the same pairs (ties count 0.5): a model is above "
+                   "or below a baseline only when the 95% intervals do not overlap."), "",
+                  baselines.markdown(report["baselines"], models)]
     return "\n".join(lines)
 
 

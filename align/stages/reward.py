@@ -139,7 +139,7 @@ def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer)
                                starting_policy=starting, tokenizer=tokenizer, batch_size=cfg.train.batch_size,
                                seed=cfg.train.seed)
         del starting
-        log.info("reward: held-out pairs\n%s", baselines.markdown(table, MODEL_RANKING))
+        log.info("reward: held-out pairs\n%s", baselines.markdown(table, [MODEL_RANKING]))
         probe = probe_command.score_and_write(
             judge, prompts[:cfg.probe_samples], [baselines.reply_text(row["chosen"]) for row in pairs[:cfg.probe_samples]],
             reward_model=str(out), threshold=ProbeConfig.threshold, out=out, batch_size=cfg.train.batch_size,

@@ -58,6 +58,19 @@ def test_cli_end_to_end_on_pairs_matches_independent_metrics(tmp_path, pairs_fil
     chosen_wins = [plain_reward(reward_model, tokenizer, p, c) > plain_reward(reward_model, tokenizer, p, r)
                    for p, c, r in PAIRS[:4]]
     assert report["judge"]["pairs"]["accuracy"] == sum(chosen_wins) / 4
+
+    # Baselines on the same pairs, by hand: length heuristics, the reference's own log-prob ranking.
+    table = report["baselines"]["all"]
+    longer = [1.0 if len(c) > len(r) else 0.5 if len(c) == len(r) else 0.0 for _, c, r in PAIRS[:4]]
+    assert table["longer reply"]["accuracy"] == sum(longer) / 4
+    assert table["shorter reply"]["accuracy"] == sum(1 - x for x in longer) / 4
+    ref_margin = [plain_reply_logp(reference_model, tokenizer, p, c) > plain_reply_logp(reference_model, tokenizer, p, r)
+                  for p, c, r in PAIRS[:4]]
+    assert table[f"starting policy log-prob margin ({tiny_model_dir.name})"]["accuracy"] == sum(ref_margin) / 4
+    assert table[f"{policy_dir.name} implicit reward"]["accuracy"] == sum(m > 0 for m in margins) / 4
+    assert table["judge"]["accuracy"] == sum(chosen_wins) / 4
+    assert all(row["ci"][0] <= row["accuracy"] <= row["ci"][1] for row in table.values())
+    assert "## Pair accuracy beside its baselines" in printed and "| longer reply |" in printed
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     prompts = [p for p, _, _ in PAIRS[:4]]
     by_model = {name: [s for s in samples if s["model"] == name] for name in (tiny_model_dir.name, policy_dir.name)}
