@@ -1,0 +1,108 @@
+"""A hand-made pipeline run dir with everything the report shows: three stages (finished in the order sft, reward,
+dpo, which is not their names' order), health alerts, a probe, an eval with baselines, and replies holding HTML."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+HOSTILE = "<script>alert('x')</script> & \"quotes\""
+"""Reply text that must come out escaped."""
+PROMPTS = ["what is 2+2?", "say <b>hi</b>", "name a colour"]
+
+
+def png(width: int = 3, height: int = 2) -> bytes:
+    """A valid RGB PNG (what a browser can decode), without drawing anything."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + b"\x20\x60\xc0" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2), encoding="utf-8")
+
+
+def write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def write_stage(run: Path, name: str, index: int, *, finished_at: str, metrics: dict, alerts=(), inputs=None,
+                replies=None) -> Path:
+    out = run / name
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({"stage": name, "model": {"name_or_path": "base/model"},
+                                                     "data": {"train": [{"path": "data/train.jsonl"}]}}))
+    write_json(out / "lineage.json", {
+        "stage": name, "index": index, "config_hash": f"hash-{name}",
+        "inputs": inputs or {"model": {"name_or_path": "base/model"}},
+        "data": {"fingerprint": f"fp-{name}", "sources": [{"path": "data/train.jsonl", "used_for": "train",
+                                                           "sha256": "ab" * 32}]},
+        "tokenizer": {"vocabulary": "vocab123", "chat_template": "tmpl456", "eos_token": "<|im_end|>",
+                      "pad_token": "<pad>"}})
+    steps = metrics["steps"]
+    write_jsonl(out / "metrics.jsonl", [{"step": s, "loss": 2.0 / s, "learning_rate": 1e-3} for s in range(1, steps + 1)]
+                + [{"step": steps, "eval_loss": 1.5}])
+    if replies is not None:
+        write_jsonl(out / "completions.jsonl", [
+            {"step": step, "prompt": prompt, "completion": f"{text} ({step})", "length": 5, "eos": True,
+             "repeated_ngram": False}
+            for step, text in replies for prompt in PROMPTS])
+    write_json(out / "summary.json", {
+        "stage": name, "finished_at": finished_at, "metrics": metrics,
+        "data": {"kind": "sft", "train_rows": 90, "eval_rows": 10,
+                 "sources": [{"source": "data/train.jsonl", "format": "openai_chat", "rows_out": 100}]},
+        "dropped": {"train: longer than train.max_length=64": 2},
+        "parameters": {"trainable": 1000, "total": 4000}, "lora": True,
+        "health": {"alerts": list(alerts), "stopped_on_fatal": None}})
+    write_json(out / "DONE", {"config_hash": f"hash-{name}", "finished_at": finished_at})
+    return out
+
+
+@pytest.fixture
+def hand_made_run(tmp_path) -> Path:
+    run = tmp_path / "run"
+    write_stage(run, "sft", 0, finished_at="2026-01-01T10:00:00",
+                metrics={"steps": 4, "train_loss": 2.5, "train_runtime_s": 12.5, "tokens_per_s": 812.25,
+                         "peak_memory_gb": 1.25},
+                replies=[(0, "first try"), (4, HOSTILE)])
+    reward = write_stage(run, "reward", 1, finished_at="2026-01-01T10:05:00",
+                         metrics={"steps": 3, "train_loss": 0.6, "eval_accuracy": 0.7, "train_runtime_s": 300.0},
+                         inputs={"model": {"name_or_path": str(run / "sft"), "stage": "sft", "config_hash": "hash-sft"}})
+    write_json(reward / "probe" / "probe.json", {
+        "reward_model": str(reward), "pairs": 50, "threshold": 0.5, "worst": "truncated",
+        "variants": {"truncated": {"n": 50, "win_rate": 0.7, "ci": [0.6, 0.8], "mean_margin": 0.25},
+                     "repeated": {"n": 50, "win_rate": 0.2, "ci": [0.1, 0.3], "mean_margin": -0.5}},
+        "passed": False})
+    write_stage(run, "dpo", 2, finished_at="2026-01-01T10:10:00",
+                metrics={"steps": 5, "train_loss": 0.4, "eval_rewards/accuracies": 0.75, "train_runtime_s": 20.0,
+                         "tokens_per_s": 500.0},
+                alerts=[{"name": "kl_blowup", "step": 3, "message": "KL 12.5 > 10 <rising>", "severity": "warning"}],
+                inputs={"model": {"name_or_path": str(run / "sft"), "stage": "sft", "config_hash": "hash-sft"}},
+                replies=[(5, "dpo says")])
+    evaluation = run / "eval"
+    write_json(evaluation / "eval.json", {
+        "data": {"path": "data/heldout.jsonl", "format": "trl_preference", "prompts": 3, "pairs": 100},
+        "settings": {"max_new_tokens": 32, "temperature": 1.0},
+        "judge": {"spec": "reward:run/reward", "pairs": {"accuracy": 0.66, "margin_mean": 0.5}},
+        "reference": {"name": "sft", "path": str(run / "sft"), "generation": {"length_mean": 10.0},
+                      "per_sample": {"length": [10, 10, 10]}},
+        "policies": [{"name": "dpo", "path": str(run / "dpo"),
+                      "generation": {"length_mean": 12.0, "win_rate": 0.62, "win_rate_ci": [0.55, 0.69], "kl": 0.3},
+                      "pairs": {"rewards/accuracies": 0.75}, "per_sample": {"length": [12, 12, 12]}}],
+        "baselines": {"all": {"dpo": {"accuracy": 0.75, "ci": [0.66, 0.83], "n": 100},
+                              "longer reply": {"accuracy": 0.51, "ci": [0.42, 0.6], "n": 100}},
+                      "harmless.jsonl": {"longer reply": {"accuracy": 0.3, "ci": [0.2, 0.41], "n": 40}}}})
+    write_jsonl(evaluation / "samples.jsonl", [{"model": model, "prompt": prompt, "completion": f"{model}: {HOSTILE}",
+                                                "length": 7, "eos": False, "judge_score": 0.5}
+                                               for model in ("sft", "dpo") for prompt in PROMPTS])
+    (evaluation / "eval_summary.png").write_bytes(png())
+    return run
