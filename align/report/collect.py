@@ -2,8 +2,9 @@
 
 A stage dir holds config.yaml, metrics.jsonl, replies sampled while training (completions.jsonl; PPO's rollouts in
 samples.jsonl), summary.json (written last, so absent while the stage runs) and, in a pipeline run, lineage.json and
-DONE. `align eval` writes eval.json and samples.jsonl to its out dir (default <policy>/eval) and `align probe` writes
-probe.json (default <reward_model>/probe), so both are looked for in a dir and in its direct sub-dirs.
+DONE. `align eval` writes eval.json and samples.jsonl to its out dir (default <policy>/eval); a reward stage writes
+probe.json into its own dir and `align probe` into its out dir (default <reward_model>/probe). So both are looked for
+in a dir and in its direct sub-dirs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from align.completions import COMPLETIONS_FILE
 from align.errors import ConfigError
 from align.pipeline import DONE, LINEAGE
+from align.probe.results import PROBE_FILE
 from align.runner import SUMMARY
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,6 @@ CONFIG_FILE = "config.yaml"
 SAMPLES_FILE = "samples.jsonl"
 """PPO's rollouts in a stage dir; `align eval`'s sampled replies (one row per model and prompt) in an eval dir."""
 EVAL_FILE = "eval.json"
-PROBE_FILE = "probe.json"
 STAGE_MARKERS = (SUMMARY, METRICS_FILE, LINEAGE)
 """A dir holding any of these is a stage's output dir (finished or not)."""
 

@@ -244,9 +244,14 @@ def data(stage: Stage) -> str:
 
 
 def stage_results(stage: Stage, shown_samples: int) -> str:
-    parts = ["<h4>Evaluation</h4>" + results.eval_block(found, shown_samples) for found in stage.evals]
+    held_out = (stage.summary or {}).get("held_out") or {}
+    parts = []
+    if isinstance(held_out.get("accuracy"), dict):
+        parts.append(f"<h4>Held-out accuracy beside its baselines ({number(held_out.get('pairs'))} pairs)</h4>"
+                     + results.BASELINES_NOTE + results.baselines_block(held_out["accuracy"]))
+    parts += ["<h4>Evaluation</h4>" + results.eval_block(found, shown_samples) for found in stage.evals]
     parts += ["<h4>Reward-model probe</h4>" + results.probe_block(probe) for probe in stage.probes]
-    if not stage.evals:
+    if not stage.evals and stage.kind != "reward":  # a reward model is a judge, not a policy `align eval` compares
         parts.append(note("No eval.json in this stage's dir or its sub-dirs (`align eval --policy DIR` writes one)."))
     if not stage.probes and stage.kind == "reward":
         parts.append(note("No probe.json for this reward model (`align probe --reward-model DIR` writes one)."))

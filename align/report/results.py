@@ -21,14 +21,19 @@ from align.report.markup import (
     with_interval,
 )
 
+BASELINES_NOTE = ('<p class="sub">Each way of ranking the same preference pairs (ties count 0.5). One ranking beats '
+                  "another only when its 95% interval lies wholly above the other's.</p>")
 PER_SAMPLE = "per_sample"
 """eval.json's per-reply lists (drawn in its charts, not tabled)."""
 
 
 def eval_block(run: EvalRun, shown_samples: int) -> str:
     report = run.report
-    parts = [f'<p class="sub">{code(run.dir)}</p>', eval_setup(report), models_table(report),
-             baselines_block(report.get("baselines"))]
+    parts = [f'<p class="sub">{code(run.dir)}</p>', eval_setup(report), models_table(report)]
+    ranked = report.get("baselines")
+    parts.append("<h4>Pair accuracy beside its baselines</h4>" + BASELINES_NOTE + baselines_block(ranked)
+                 if isinstance(ranked, dict) and ranked else note(
+                     "No baselines in this eval (eval.json has no \"baselines\" section)."))
     if run.charts:
         parts.append('<div class="figs">' + "".join(
             f'<figure><figcaption>{text(path.stem)}</figcaption><img alt="{text(path.stem)}" '
@@ -87,12 +92,11 @@ def models_table(report: dict[str, Any]) -> str:
 
 
 def baselines_block(baselines: Any) -> str:
-    """eval.json's "baselines": {ranking: {accuracy, ci, n}} or, per source file, {source: {ranking: {...}}}."""
-    if not isinstance(baselines, dict) or not baselines:
-        return note("No baselines in this eval (eval.json has no \"baselines\" section).")
+    """Accuracy tables with intervals: {ranking: {accuracy, ci, n}}, or per source file {source: {ranking: ...}}
+    (eval.json's "baselines", a reward stage's summary.json "held_out" accuracy)."""
     flat = all(isinstance(v, dict) and "accuracy" in v for v in baselines.values())
     groups = {"all pairs": baselines} if flat else {k: v for k, v in baselines.items() if isinstance(v, dict)}
-    parts = ["<h4>Baselines</h4>"]
+    parts = []
     for group, rankings in groups.items():
         extra = sorted({k for row in rankings.values() if isinstance(row, dict) for k in row
                         if k not in ("accuracy", "ci", "interval", "n")})

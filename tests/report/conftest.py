@@ -36,7 +36,7 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def write_stage(run: Path, name: str, index: int, *, finished_at: str, metrics: dict, alerts=(), inputs=None,
-                replies=None) -> Path:
+                replies=None, **summary) -> Path:
     out = run / name
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(yaml.safe_dump({"stage": name, "model": {"name_or_path": "base/model"},
@@ -62,7 +62,7 @@ def write_stage(run: Path, name: str, index: int, *, finished_at: str, metrics: 
                  "sources": [{"source": "data/train.jsonl", "format": "openai_chat", "rows_out": 100}]},
         "dropped": {"train: longer than train.max_length=64": 2},
         "parameters": {"trainable": 1000, "total": 4000}, "lora": True,
-        "health": {"alerts": list(alerts), "stopped_on_fatal": None}})
+        "health": {"alerts": list(alerts), "stopped_on_fatal": None}, **summary})
     write_json(out / "DONE", {"config_hash": f"hash-{name}", "finished_at": finished_at})
     return out
 
@@ -76,8 +76,11 @@ def hand_made_run(tmp_path) -> Path:
                 replies=[(0, "first try"), (4, HOSTILE)])
     reward = write_stage(run, "reward", 1, finished_at="2026-01-01T10:05:00",
                          metrics={"steps": 3, "train_loss": 0.6, "eval_accuracy": 0.7, "train_runtime_s": 300.0},
-                         inputs={"model": {"name_or_path": str(run / "sft"), "stage": "sft", "config_hash": "hash-sft"}})
-    write_json(reward / "probe" / "probe.json", {
+                         inputs={"model": {"name_or_path": str(run / "sft"), "stage": "sft", "config_hash": "hash-sft"}},
+                         held_out={"pairs": 40, "accuracy": {"all": {
+                             "reward model": {"accuracy": 0.65, "ci": [0.5, 0.775], "n": 40},
+                             "shorter reply": {"accuracy": 0.45, "ci": [0.3, 0.6], "n": 40}}}})
+    write_json(reward / "probe.json", {
         "reward_model": str(reward), "pairs": 50, "threshold": 0.5, "worst": "truncated",
         "variants": {"truncated": {"n": 50, "win_rate": 0.7, "ci": [0.6, 0.8], "mean_margin": 0.25},
                      "repeated": {"n": 50, "win_rate": 0.2, "ci": [0.1, 0.3], "mean_margin": -0.5}},

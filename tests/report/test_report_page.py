@@ -43,6 +43,8 @@ def test_pipeline_run_report_has_every_section_in_finishing_order(hand_made_run)
     assert "0.620 [0.550, 0.690]" in page
     assert "judge <code>reward:run/reward</code>; on the pairs: accuracy 0.66" in page
     assert "0.510 [0.420, 0.600]" in page and "<b>harmless.jsonl</b>" in page and "0.300 [0.200, 0.410]" in page
+    # The reward stage's held-out accuracy beside its baselines.
+    assert "Held-out accuracy beside its baselines (40 pairs)" in page and "0.650 [0.500, 0.775]" in page
     # Probe: each variant with its interval, the failing one flagged, the verdict.
     assert "0.700 [0.600, 0.800]" in page and "0.200 [0.100, 0.300]" in page
     assert 'class="badge bad">FAIL<' in page and 'class="badge bad">failed<' in page
@@ -81,9 +83,10 @@ def test_missing_sections_are_left_out_with_a_note(hand_made_run):
     page = run(ReportConfig(run_dir=str(hand_made_run))).read_text(encoding="utf-8")
     reward = page[page.index('id="stage-reward"'):page.index('id="stage-dpo"')]
     assert "No replies sampled while training" in reward
-    assert "No eval.json in this stage" in reward
-    assert "Reward-model probe" in reward
+    assert "Reward-model probe" in reward and "No probe.json" not in reward
+    assert "No eval.json" not in reward, "a reward model is a judge, not a policy to evaluate"
     sft = page[page.index('id="stage-sft"'):page.index('id="stage-reward"')]
+    assert "No eval.json in this stage" in sft and "<code>align eval --policy DIR</code>" in sft
     assert "No probe.json" not in sft, "only a reward stage is expected to have a probe"
 
 
