@@ -344,12 +344,13 @@ def test_nan_stops_ppo_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, m
     import json
     from pathlib import Path
 
-    from align import ppo_update, stages, tracking
+    from align import stages, tracking
     from align.stages import ppo
+    from align.stages.ppo import update as ppo_update
 
     rule = tmp_path / "rules.py"
     rule.write_text("def half(prompts, completions):\n    return [0.5] * len(completions)\n")
-    real, calls = ppo_update.optimise, []
+    real, calls = ppo_update.ppo_epochs, []
 
     def optimise(cfg, b, exp, shaped):
         calls.append(1)
@@ -357,7 +358,7 @@ def test_nan_stops_ppo_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, m
             poison_lm_head(b.policy)
         return real(cfg, b, exp, shaped)
 
-    monkeypatch.setattr(ppo_update, "optimise", optimise)
+    monkeypatch.setattr(ppo_update, "ppo_epochs", optimise)
     prompts = Path(__file__).resolve().parents[1] / "examples" / "data" / "prompts.jsonl"
     cfg = config.load_config(ppo.PPOConfig, base={
         "model": {"name_or_path": str(tiny_model_dir)}, "reward_model": {"function": f"{rule}:half"},

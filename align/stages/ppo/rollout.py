@@ -1,5 +1,5 @@
 """PPO experience: prompt batches in; sampled responses, their log-probs under the policy and the reference, values
-and scores out. Generation and forward passes only; every equation is in `align.rl`, the loop in `stages/ppo.py`.
+and scores out. Generation and forward passes only; every equation is in `align.rl`, the loop in `loop.py`.
 
 Sequences are `[left-padded prompt | response]`. Pad ids are masked out of attention and positions wherever they
 occur (TRL 1.12's convention), so the pad token must be one that real text never contains.
@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from align import chat, ppo_sections, reward_functions, rl
+from align import chat, reward_functions, rl
+from align.stages.ppo.config import PPOSection
 
 
 class PromptStream:
@@ -161,20 +162,20 @@ class Sampler:
     """Rows per forward pass when scoring the rollout."""
 
     @classmethod
-    def create(cls, p: ppo_sections.PPOSection, tokenizer) -> Sampler:
+    def create(cls, ppo_cfg: PPOSection, tokenizer) -> Sampler:
         from transformers import GenerationConfig
 
-        suppressed = None if p.trl_parity else tokenizer.pad_token_id
-        temperature = p.temperature + 1e-7 if p.trl_parity else p.temperature
+        suppressed = None if ppo_cfg.trl_parity else tokenizer.pad_token_id
+        temperature = ppo_cfg.temperature + 1e-7 if ppo_cfg.trl_parity else ppo_cfg.temperature
         # Neutral values for every processor a checkpoint's generation_config could switch on (Qwen ships
         # repetition_penalty=1.05, for one): the log-probs must be those of the distribution actually sampled.
         config = GenerationConfig(
-            max_new_tokens=p.response_length, do_sample=True, temperature=temperature, top_k=p.top_k, top_p=p.top_p,
-            typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, use_cache=True,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            max_new_tokens=ppo_cfg.response_length, do_sample=True, temperature=temperature, top_k=ppo_cfg.top_k,
+            top_p=ppo_cfg.top_p, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+            use_cache=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             suppress_tokens=None if suppressed is None else [suppressed], return_dict_in_generate=True,
             output_logits=True)
-        return cls(config, temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, suppressed, p.micro_batch)
+        return cls(config, temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, suppressed, ppo_cfg.micro_batch)
 
 
 def rollout(sampler: Sampler, policy, reference, value_model, reward, tokenizer,

@@ -1,5 +1,6 @@
 """The PPO stage on two CPU processes (gloo) under `accelerate launch`: it finishes, reduces its metrics over both
-processes, and writes every output once (checkpoints hold each process's RNG states)."""
+processes, and writes every output once (checkpoints hold each process's RNG states). Slow: it launches two
+processes."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from align import tracking
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
+@pytest.mark.slow
 def test_two_process_ppo_finishes_and_writes_outputs_once(tmp_path, tiny_model_dir, tiny_reward_model_dir):
     out = tmp_path / "out"
     cfg = tmp_path / "ppo.yaml"

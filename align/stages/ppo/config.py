@@ -1,14 +1,17 @@
-"""The PPO stage's own config sections: the reward model or rule, the value model, and the `ppo:` hyper-parameters.
+"""The PPO stage's config: `PPOConfig` and its own sections (the reward model or rule, the value model, and the
+`ppo:` hyper-parameters). Torch-free, so that loading a config (`align validate`) stays fast.
 
-Defaults follow TRL 1.12 / the N+ implementation details (ppo.md a.8) unless a field says otherwise.
+Defaults follow TRL 1.12 and the N+ implementation details paper (docs/ppo.md sections 1 and 5) unless a field says
+otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from align import reward_functions
+from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
 
 
 @dataclass
@@ -55,7 +58,7 @@ class PPOSection:
     missing_eos_penalty: float | None = None
     """Penalise responses cut at response_length without an EOS (TRL's docs recommend 1.0); null: off."""
     missing_eos_mode: Literal["subtract", "replace"] = "subtract"
-    """subtract: score - penalty (TRL). replace: the score becomes -penalty (N+ "EOS trick")."""
+    """subtract: score - penalty (TRL). replace: the score becomes -penalty (the N+ paper's "EOS trick")."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """k1 = log(pi/ref), unbiased but can be negative; k3 = (r - 1) - log r, never negative."""
     kl_coef: float = 0.05
@@ -84,8 +87,8 @@ class PPOSection:
     reward_clip: float | None = None
     """Clip scores to [-reward_clip, reward_clip] (after normalisation); null: off."""
     score_index: Literal["eos", "after_eos"] = "eos"
-    """Token that carries the score: the EOS, or one past it with an extra value target there (TRL 1.12 / N+;
-    only for TRL parity)."""
+    """Token that carries the score: the EOS, or one past it with an extra value target there (TRL 1.12 and the N+
+    paper's code; only for TRL parity, docs/ppo.md section 3.3)."""
     sample_every: int = 0
     """Every N updates, write prompts, completions and scores to <output_dir>/samples.jsonl (and W&B); 0: never."""
     trl_parity: bool = False
@@ -112,4 +115,45 @@ class PPOSection:
                             f"{self.mini_batches} minibatches of whole micro_batch={self.micro_batch} micro-batches")
         if self.trl_parity and self.score_index != "after_eos":
             problems.append("trl_parity: TRL 1.12 puts the score one past the EOS; set score_index=after_eos")
+        return problems
+
+
+@dataclass(kw_only=True)
+class PPOConfig:
+    stage: Literal["ppo"] = "ppo"
+    """Names the stage this file configures, so `align validate` and the other stages can tell."""
+    model: ModelConfig
+    """The policy to optimise (usually the sft stage's output); LoRA optional."""
+    reward_model: RewardModelConfig
+    value_model: ValueModelConfig = field(default_factory=ValueModelConfig)
+    reference: str | None = None
+    """The KL reference. null: the starting policy (with LoRA its adapters disabled, otherwise a frozen copy)."""
+    data: DataConfig
+    """Prompts: `prompt` rows, or the prompts of any preference / sft source."""
+    train: TrainConfig
+    """max_steps counts PPO updates (-1: `epochs` passes over the prompts); learning_rate 3e-6 with a linear
+    schedule is the usual full fine-tuning choice; max_grad_norm 0 turns clipping off."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    save_merged: bool = False
+    """With LoRA: also save the policy merged into its base weights under <output_dir>/merged."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.save_merged and not self.model.lora.enabled:
+            problems.append("save_merged: only applies with model.lora.enabled=true")
+        unset = TrainConfig(output_dir=self.train.output_dir)  # PPO batches by its own ppo.* fields instead
+        if (self.train.batch_size, self.train.grad_accum) != (unset.batch_size, unset.grad_accum):
+            problems.append("train.batch_size: PPO batches with ppo.rollout_batch_size, ppo.mini_batches and "
+                            "ppo.micro_batch; leave train.batch_size and train.grad_accum unset")
+        if self.data.eval or self.data.eval_fraction or self.train.eval_steps or self.train.early_stopping.enabled:
+            problems.append("data.eval: PPO has no evaluation pass; remove data.eval, data.eval_fraction, "
+                            "train.eval_steps and train.early_stopping")
+        if self.model.freeze.active():
+            problems.append("model.freeze: not supported by PPO; train fewer weights with model.lora instead")
+        if self.ppo.response_length >= self.train.max_length:
+            problems.append(f"train.max_length: must exceed ppo.response_length={self.ppo.response_length} "
+                            "(it bounds prompt + response)")
+        if self.ppo.trl_parity and self.train.max_grad_norm > 0:
+            problems.append("ppo.trl_parity: TRL 1.12 never clips gradients; set train.max_grad_norm=0")
         return problems

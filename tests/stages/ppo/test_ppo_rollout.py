@@ -1,0 +1,43 @@
+"""Sampling: the pad token is never sampled, even by a policy that likes it best (unless trl_parity asks for TRL's
+behaviour)."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from align import rl
+from align.stages.ppo import rollout, setup
+
+
+def test_pad_is_never_sampled_even_when_it_is_the_likeliest_token(tmp_path, make_cfg, tiny_model_dir, reward_file):
+    """A policy whose pad logit is scaled 300x samples pad about half the time; the stage masks it out of the
+    sampling distribution. With trl_parity (TRL's behaviour) the same policy does sample it."""
+    from transformers import AutoModelForCausalLM
+
+    policy_dir = tmp_path / "pad-loving"
+    shutil.copytree(tiny_model_dir, policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    with torch.no_grad():
+        model.lm_head.weight[model.config.pad_token_id] *= 300
+    model.save_pretrained(policy_dir)
+
+    def sampled_pads(*overrides) -> tuple[int, torch.Tensor]:
+        cfg = make_cfg(tmp_path, policy_dir, "ppo.response_length=16", *overrides, function=f"{reward_file}:half")
+        parts = setup.build(cfg)
+        queries = rollout.left_pad(parts.prompts.next(), parts.sampler.pad_id, torch.device("cpu"))
+        with torch.no_grad():
+            out = parts.policy.generate(input_ids=queries, attention_mask=queries != parts.sampler.pad_id,
+                                        generation_config=parts.sampler.generation_config)
+            experience, _ = rollout.rollout(parts.sampler, parts.policy, parts.reference, parts.value_model,
+                                            parts.reward, parts.tokenizer, queries)
+        generated = out.sequences[:, queries.size(1):]
+        _, eos_lengths = rl.truncate_after_eos(generated, parts.sampler.eos_id, parts.sampler.pad_id)
+        before_eos = rl.response_mask(eos_lengths, generated.size(1))
+        return int((generated[before_eos] == parts.sampler.pad_id).sum()), experience.logprobs
+
+    pads, logprobs = sampled_pads()
+    assert pads == 0 and torch.isfinite(logprobs).all()
+    parity_pads, _ = sampled_pads("ppo.trl_parity=true", "ppo.score_index=after_eos", "train.max_grad_norm=0")
+    assert parity_pads > 20, "the control: without suppression this policy samples pad a lot"
