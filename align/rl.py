@@ -113,7 +113,8 @@ def masked_var(
 ) -> torch.Tensor:
     """Scalar variance of the valid entries of (B, T) `x` (of all processes with `all_reduce`).
 
-    `unbiased` divides by n - 1 (TRL 1.12) rather than n (the N+ implementation details, detail 25).
+    `unbiased` divides by n - 1 (TRL 1.12) rather than n (detail 25 of the N+ implementation details paper,
+    https://huggingface.co/papers/2403.17031; docs/ppo.md section 3.5).
     """
     return _masked_mean_var(x, mask, unbiased, all_reduce)[1]
 
@@ -269,8 +270,9 @@ def per_token_rewards(
         mask: (B, T) bool, a prefix of L valid tokens per row (the EOS included).
         score_index: where the score goes in a row of width T:
             "eos": index L - 1, the EOS (or the last token when there is none); legacy TRL / OpenRLHF; our default.
-            "after_eos": index min(L, T - 1), one slot past the EOS: TRL 1.12 / N+ `padding_mask_p1`. Only for
-                parity with TRL, and then GAE and the value loss must use the mask of L + 1 tokens.
+            "after_eos": index min(L, T - 1), one slot past the EOS: TRL 1.12 and the code of the N+
+                implementation details paper (their `padding_mask_p1`; docs/ppo.md section 3.3). Only for parity
+                with TRL, and then GAE and the value loss must use the mask of L + 1 tokens.
 
     Returns:
         (B, T) rewards, 0 outside `mask` except at the "after_eos" slot.
@@ -373,7 +375,8 @@ def missing_eos_penalty(
     """Penalise the (B,) `scores` of responses without an EOS (cut at the length limit); (B,) bool `has_eos`.
 
     `penalty` is a positive amount. "subtract": `score - penalty` (TRL 1.12 `missing_eos_penalty`); "replace": the
-    score becomes `-penalty` (the N+ "EOS trick" uses -1). Rows with an EOS are unchanged.
+    score becomes `-penalty` (the "EOS trick" of the N+ implementation details paper uses -1; docs/ppo.md section
+    3.3). Rows with an EOS are unchanged.
     """
     if mode == "subtract":
         penalised = scores - penalty
