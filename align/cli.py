@@ -124,12 +124,22 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 
 def _load_options(args: argparse.Namespace, schema: type):
-    """A command's config from --config, then its options, then KEY=VALUE overrides, through the strict loader."""
+    """A command's config from --config, then its options, then KEY=VALUE overrides, through the strict loader. A
+    command with a positional field takes its value as the one argument that is not KEY=VALUE."""
     from align import config, config_options
 
     _quiet_libraries()
+    overrides = [item for item in args.overrides if "=" in item]
+    plain = [item for item in args.overrides if "=" not in item]
+    positional = getattr(args, "positional", None)
+    if len(plain) > (1 if positional else 0):
+        raise config.ConfigError(f"unexpected argument {plain[-1]!r}; overrides are KEY=VALUE")
+    if plain:
+        if hasattr(args, positional):
+            raise config.ConfigError(f"{positional}: given twice ({plain[0]!r} and {getattr(args, positional)!r})")
+        setattr(args, positional, plain[0])
     options = config_options.given_options(args, schema)
-    return config.load_config(schema, args.config, options + args.overrides)
+    return config.load_config(schema, args.config, options + overrides)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -153,21 +163,33 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _add_options_command(sub: argparse._SubParsersAction, name: str, schema: type, func, *, help_text: str,
-                         description: str, example: str) -> None:
-    """A command whose options are the fields of its config dataclass (align.config_options)."""
+                         description: str, example: str, positional: str | None = None) -> None:
+    """A command whose options are the fields of its config dataclass (align.config_options); the field named
+    `positional` may also be given as the first argument."""
     from align import config_options
 
     p = sub.add_parser(name, help=help_text, description=description + " Settings come from --config, then the "
                        "options, then KEY=VALUE overrides (later wins).")
     p.add_argument("--config", metavar="FILE", help=f"YAML file of these settings, keyed by field name ({example})")
     config_options.add_options(p, schema)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"overrides, e.g. {example.replace(': ', '=')}")
-    p.set_defaults(func=func)
+    # One list for both, as argparse cannot place an optional positional between options and overrides.
+    shown = f"[{positional.upper()}] KEY=VALUE" if positional else "KEY=VALUE"
+    p.add_argument("overrides", nargs="*", metavar=shown, help=f"overrides, e.g. {example.replace(': ', '=')}" + (
+        f"; {positional.upper()} is the same as {config_options.option_name(positional)}" if positional else ""))
+    p.set_defaults(func=func, positional=positional)
 
 
-def _add_eval_and_probe_parsers(sub: argparse._SubParsersAction) -> None:
+def _report(args: argparse.Namespace) -> int:
+    from align import report
+
+    print(f"wrote {report.run(_load_options(args, report.ReportConfig))}")
+    return 0
+
+
+def _add_option_commands(sub: argparse._SubParsersAction) -> None:
     from align.eval import EvalConfig
     from align.probe import ProbeConfig
+    from align.report import ReportConfig
 
     _add_options_command(
         sub, "eval", EvalConfig, _eval, example="num_samples: 200",
@@ -181,7 +203,13 @@ def _add_eval_and_probe_parsers(sub: argparse._SubParsersAction) -> None:
         "exit 1 when a variant wins more often than the threshold",
         description="Degrade the chosen replies of preference pairs 8 ways and report, per way, how often the reward "
         "model scores the degraded reply above the original, with 95% intervals; writes probe.json, probe.md and "
-        "config.yaml. See docs/evaluation.md.")
+        "config.yaml. See docs/evaluation.md.", positional="reward_model")
+    _add_options_command(
+        sub, "report", ReportConfig, _report, example="samples: 8", positional="run_dir",
+        help_text="one self-contained HTML page for a stage or pipeline run: lineage, curves, eval tables with "
+        "baselines and intervals, probe, health alerts, replies side by side, cost",
+        description="Write a static HTML report (no server, no network, plots embedded) of a run dir. See "
+        "docs/report.md.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default="0/1", help="run every n-th trial starting at i, as i/n (one process per GPU)")
     p.set_defaults(func=_sweep)
 
-    _add_eval_and_probe_parsers(sub)
+    _add_option_commands(sub)
 
     p = sub.add_parser("validate", help="load and check every YAML config found (recursively); trains nothing")
     p.add_argument("paths", nargs="+", help="YAML files or directories")
@@ -256,7 +284,13 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse fills a trailing `*` positional once, so KEY=VALUE overrides after the options come back unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not isinstance(getattr(args, "overrides", None), list) or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)

@@ -153,7 +153,7 @@ def parity_config(work: Path, steps: int, lr: float, kl: str) -> dict:
     return {
         "stage": "ppo",
         "model": {"name_or_path": str(work / "policy"), "chat_template": IDENTITY_TEMPLATE},
-        "reward_model": {"name_or_path": str(work / "reward_model")},
+        "reward_model": {"name_or_path": str(work / "reward_model"), "probe": False},  # TRL 1.12 has no probe
         "value_model": {"name_or_path": str(work / "value_model")},
         "reference": str(work / "ref_policy"),
         "data": {"train": [str(work / "prompts.jsonl")]},

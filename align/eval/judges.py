@@ -35,12 +35,15 @@ def load_rule(target: str) -> reward_functions.RewardFunction:
 class RewardModelJudge:
     """Scores replies with a one-label sequence classifier: logits[0] at the reply's EOS (see chat.reward_text)."""
 
-    def __init__(self, path: str, device: str, batch_size: int):
+    def __init__(self, model, tokenizer, batch_size: int):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    @classmethod
+    def load(cls, path: str, device: str, batch_size: int) -> RewardModelJudge:
         cfg = ModelConfig(name_or_path=path)
-        self.tokenizer = models.load_tokenizer(cfg)
-        model = models.load_sequence_classifier(cfg, pad_token_id=self.tokenizer.pad_token_id)
-        self.model = model.to(device).eval()
-        self.batch_size = batch_size
+        tokenizer = models.load_tokenizer(cfg)
+        model = models.load_sequence_classifier(cfg, pad_token_id=tokenizer.pad_token_id)
+        return cls(model.to(device).eval(), tokenizer, batch_size)
 
     def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
         import torch
@@ -78,4 +81,4 @@ def make_judge(spec: JudgeSpec | None, rule: reward_functions.RewardFunction | N
         return None
     if rule is not None:
         return RuleJudge(rule, tokenizer)
-    return RewardModelJudge(spec.target, device, batch_size)
+    return RewardModelJudge.load(spec.target, device, batch_size)

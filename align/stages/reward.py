@@ -132,7 +132,7 @@ def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer)
         pairs, origins = [row for row, _ in kept], [origin for _, origin in kept]
         prompts = [row["prompt"] for row in pairs]
         device = "cpu" if models.use_cpu() else "cuda"
-        judge = judges.RewardModelJudge(str(out), device, cfg.train.batch_size)
+        judge = judges.RewardModelJudge.load(str(out), device, cfg.train.batch_size)
         chosen, rejected = (judge.score(prompts, [row[side] for row in pairs]) for side in ("chosen", "rejected"))
         starting = models.load_causal_lm(cfg.model, models.resolve_path(cfg.model.name_or_path)).to(device).eval()
         table = rankings.table(pairs, origins, {MODEL_RANKING: baselines.outcomes(chosen, rejected)},

@@ -28,7 +28,7 @@ def test_rule_loading_errors(tmp_path):
 
 
 def test_reward_judge_scores_the_text_cut_after_the_reply_eos(tiny_reward_model_dir):
-    judge = judges.RewardModelJudge(str(tiny_reward_model_dir), "cpu", batch_size=2)
+    judge = judges.RewardModelJudge.load(str(tiny_reward_model_dir), "cpu", batch_size=2)
     ours = judge.score([message("user", p) for p, _, _ in PAIRS], [message("assistant", c) for _, c, _ in PAIRS])
     reward_model = plain_reward_model(tiny_reward_model_dir)
     expected = [plain_reward(reward_model, judge.tokenizer, p, c) for p, c, _ in PAIRS]

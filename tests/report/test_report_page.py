@@ -13,9 +13,9 @@ import sys
 
 import pytest
 import yaml
-from conftest import HOSTILE
+from report_runs import HOSTILE
 
-from align import config_options
+from align import cli, config_options
 from align.errors import ConfigError
 from align.report import ReportConfig, run
 
@@ -123,3 +123,13 @@ def test_config_gives_command_line_options_and_importing_stays_light():
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'transformers')))")
     loaded = subprocess.run([sys.executable, "-c", heavy], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_align_report_run_dir_writes_the_page_and_refuses_a_second_run_dir(hand_made_run, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    assert cli.main(["report", str(hand_made_run), "--out", str(out), "samples=2"]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>") and f"wrote {out}" in capsys.readouterr().out
+    assert cli.main(["report", str(hand_made_run), "--run-dir", str(hand_made_run)]) == 2
+    assert "run_dir: given twice" in capsys.readouterr().err
+    assert cli.main(["report", str(hand_made_run), "other"]) == 2
+    assert "unexpected argument 'other'" in capsys.readouterr().err

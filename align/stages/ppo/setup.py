@@ -99,6 +99,15 @@ def build(cfg: PPOConfig, resume_from: str | None = None) -> PPOBuild:
     for frozen in (reference, reward):
         if isinstance(frozen, torch.nn.Module):
             frozen.to(accelerator.device)
+    if isinstance(reward, torch.nn.Module) and cfg.reward_model.probe and resume_from is None:
+        from align.probe import gate
+
+        gate.check_reward_model(
+            reward, tokenizer, policy, [row["prompt"] for row in stage_data.train[:cfg.reward_model.probe_prompts]],
+            name=cfg.reward_model.name_or_path, threshold=cfg.reward_model.probe_threshold,
+            max_new_tokens=ppo_cfg.response_length, out=Path(cfg.train.output_dir),
+            batch_size=ppo_cfg.micro_batch, seed=cfg.train.seed,
+            override="reward_model.probe_threshold=1.0 (record the probe, never refuse) or reward_model.probe=false")
     stream = PromptStream(prompts, rollout_batch, rank=accelerator.process_index, world=world,
                           generator=None if ppo_cfg.trl_parity else torch.Generator().manual_seed(cfg.train.seed))
     kl_controller = (rl.AdaptiveKLController(ppo_cfg.kl_coef, ppo_cfg.kl_target, ppo_cfg.kl_horizon)

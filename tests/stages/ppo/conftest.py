@@ -19,7 +19,9 @@ def make_cfg():
     in 2 minibatches of 2 micro-batches, 8 response tokens, no tracking; a reward model or a reward rule."""
 
     def make(tmp_path, model_dir, *overrides, reward_dir=None, function=None) -> PPOConfig:
-        reward = {"name_or_path": str(reward_dir)} if reward_dir else {"function": function}
+        # The exploit probe is off here (a random tiny reward model fails it); tests/stages/ppo/test_ppo_probe.py
+        # turns it on.
+        reward = {"name_or_path": str(reward_dir), "probe": False} if reward_dir else {"function": function}
         base = {"model": {"name_or_path": str(model_dir)}, "reward_model": reward, "data": {"train": [str(PROMPTS)]},
                 "train": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "learning_rate": 1e-3,
                           "lr_scheduler": "constant", "max_length": 160, "save_steps": 100, "num_threads": 1},

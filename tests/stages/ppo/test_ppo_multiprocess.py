@@ -24,7 +24,7 @@ def test_two_process_ppo_finishes_and_writes_outputs_once(tmp_path, tiny_model_d
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(yaml.safe_dump({
         "stage": "ppo", "model": {"name_or_path": str(tiny_model_dir)},
-        "reward_model": {"name_or_path": str(tiny_reward_model_dir)},
+        "reward_model": {"name_or_path": str(tiny_reward_model_dir), "probe": False},
         "data": {"train": [str(REPO / "examples/data/prompts.jsonl")]},
         "train": {"output_dir": str(out), "max_steps": 2, "learning_rate": 1e-3, "max_length": 160, "save_steps": 2,
                   "num_threads": 1},

@@ -1,25 +1,30 @@
-"""`align probe` end to end on a tiny reward model: every variant scored, the file written, the numbers the judge's."""
+"""`align probe REWARD_MODEL --data PAIRS` end to end on a tiny reward model: every variant scored, the file written,
+the numbers the judge's, exit 1 when a variant wins too often."""
 
 import json
 
 from tiny import PAIRS, write_pairs
 
+from align import cli
 from align.eval import judges
-from align.probe import command, variants
-from align.probe.config import ProbeConfig
+from align.probe import variants
 
 
-def test_probe_writes_every_variant_with_the_judges_own_scores(tmp_path, tiny_reward_model_dir):
+def test_probe_writes_every_variant_with_the_judges_own_scores(tmp_path, tiny_reward_model_dir, capsys):
     pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:6])
     out = tmp_path / "probe"
-    result = command.run(ProbeConfig(reward_model=str(tiny_reward_model_dir), data=str(pairs), out=str(out),
-                                     bootstrap_samples=50))
+    code = cli.main(["probe", str(tiny_reward_model_dir), "--data", str(pairs), "--out", str(out),
+                     "bootstrap_samples=50"])
     written = json.loads((out / "probe.json").read_text())
-    assert written["pairs"] == 6 and written["worst"] == result.worst
+    assert code == (0 if written["passed"] else 1) and written["pairs"] == 6
+    worst = written["variants"][written["worst"]]["win_rate"]
+    assert worst == max(v["win_rate"] for v in written["variants"].values())
+    printed = capsys.readouterr().out
+    assert "| variant |" in printed and (written["passed"] or f"'{written['worst']}'" in printed)
     # No tiny chosen reply is a refusal: every variant but compliance applies to all 6.
     assert {name: v["n"] for name, v in written["variants"].items()} == {
         name: 6 for name in variants.VARIANTS if name != "compliance"}
-    judge = judges.RewardModelJudge(str(tiny_reward_model_dir), "cpu", 8)
+    judge = judges.RewardModelJudge.load(str(tiny_reward_model_dir), "cpu", 8)
     prompts = [[{"role": "user", "content": p}] for p, _, _ in PAIRS[:6]]
     originals = judge.score(prompts, [[{"role": "assistant", "content": c}] for _, c, _ in PAIRS[:6]])
     emptied = judge.score(prompts, [[{"role": "assistant", "content": ""}]] * 6)

@@ -1,0 +1,32 @@
+"""The probe as a gate before RL: degrade the starting policy's own replies and refuse to train against a reward
+model that prefers the degraded ones, since RL would find and amplify exactly that preference."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from align import completions
+from align.errors import ConfigError
+from align.eval import judges
+from align.probe import command, results
+
+log = logging.getLogger(__name__)
+
+
+def check_reward_model(reward_model, tokenizer, policy, prompts: list[list[dict]], *, name: str, threshold: float,
+                       max_new_tokens: int, out: Path, batch_size: int, seed: int,
+                       override: str) -> results.ProbeResult:
+    """Probe `reward_model` on the policy's greedy replies to `prompts`; write probe.json into `out`. A reward model
+    that fails is a ConfigError naming the worst variant and the `override` key."""
+    generated = completions.generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                                     seed=seed, batch_size=batch_size)
+    judge = judges.RewardModelJudge(reward_model, tokenizer, batch_size)
+    result = command.score_and_write(judge, prompts, generated.texts, reward_model=name, threshold=threshold,
+                                     out=out, batch_size=batch_size, seed=seed)
+    message = results.refusal_message(result, "reward_model", override)
+    if message:
+        raise ConfigError(message)
+    log.info("reward model probe passed: no degraded reply outscores the policy's own in more than %.0f%% of %d",
+             100 * threshold, len(prompts))
+    return result
