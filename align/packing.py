@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from align.chat import IGNORE_INDEX
+
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
@@ -28,15 +29,15 @@ def pack(rows: list[dict[str, list[int]]], max_length: int) -> list[dict[str, li
         n = len(rows[i]["input_ids"])
         if n > max_length:
             raise ValueError(f"example of {n} tokens exceeds max_length={max_length}; truncate before packing")
-        best = min((b for b in bins if b["free"] >= n), key=lambda b: b["free"], default=None)
+        best = min((bin_ for bin_ in bins if bin_["free"] >= n), key=lambda bin_: bin_["free"], default=None)
         if best is None:
             best = {"free": max_length, "members": []}
             bins.append(best)
         best["members"].append(i)
         best["free"] -= n
     packed = []
-    for b in bins:
-        members = sorted(b["members"])
+    for bin_ in bins:
+        members = sorted(bin_["members"])
         packed.append({
             "input_ids": [t for i in members for t in rows[i]["input_ids"]],
             "labels": [t for i in members for t in rows[i]["labels"]],

@@ -1,16 +1,16 @@
-"""Build train/eval row lists from several sources: load, length-filter, deduplicate, split, then mix by weight.
+"""Build train/eval row lists from several sources: load, deduplicate, split, then mix by weight.
 
 Order of operations (all seeded by `seed`, all counted in the report):
 1. load every source (`load_source`, same kind and on_error);
-2. drop rows over `max_tokens` by the caller's `count_tokens(row)` (train and eval);
-3. with `dedup`, drop exact duplicate rows: within train (first kept), within eval, and train rows that also
+2. with `dedup`, drop exact duplicate rows: within train (first kept), within eval, and train rows that also
    appear in eval (eval stays intact: it is the reference);
-4. split: explicit `eval` sources, or `eval_fraction` of each train source held out (per source, so every source
+3. split: explicit `eval` sources, or `eval_fraction` of each train source held out (per source, so every source
    is represented: round(n x fraction) rows, at least 1 and at most n - 1 when n >= 2);
-5. mix train: a source with n train rows and weight w gives floor(w) copies of every row plus
+4. mix train: a source with n train rows and weight w gives floor(w) copies of every row plus
    round((w - floor(w)) x n) more rows sampled without replacement; weight 1.0 = every row once, 0.5 = a random
    half, 2.0 = every row twice, 1.5 = every row once plus a random half. Rows keep file order within a source,
    sources keep the order given; the trainer's sampler shuffles.
+Token lengths are left to the caller, which knows the tokenizer.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +38,7 @@ class PrepareReport:
     sources: list[Report] = field(default_factory=list)
     eval_sources: list[Report] = field(default_factory=list)
     removed: dict[str, int] = field(default_factory=dict)
-    """Rows removed after loading, by reason: over_max_tokens_{train,eval}, duplicate_in_{train,eval},
-    train_row_in_eval."""
+    """Rows removed after loading, by reason: duplicate_in_{train,eval}, train_row_in_eval."""
     mixing: list[dict[str, Any]] = field(default_factory=list)
     """Per train source: path, weight, rows (after filtering), eval_rows (held out), train_rows (after weighting)."""
     train_rows: int = 0
@@ -85,10 +84,8 @@ def prepare(
     on_error: str = "raise",
     dedup: bool = False,
     seed: int = 0,
-    count_tokens: Callable[[dict], int] | None = None,
-    max_tokens: int | None = None,
 ) -> Prepared:
-    """Load, filter, deduplicate, split and mix sources into train and eval rows (steps in the module docstring).
+    """Load, deduplicate, split and mix sources into train and eval rows (steps in the module docstring).
 
     Args:
         train: train sources (Source, or a path / hub id); each one's `weight` sets its share of the mix.
@@ -98,8 +95,6 @@ def prepare(
         on_error: passed to `load_source`.
         dedup: drop exact duplicate rows (and train rows that also appear in eval).
         seed: seeds the eval split and the weighted sampling.
-        count_tokens: `row -> token count`, from the caller's tokenizer; goes with `max_tokens`.
-        max_tokens: rows with more tokens are dropped (train and eval).
 
     Returns:
         Prepared: `.train`, `.eval` (lists of canonical dicts) and `.report` (a PrepareReport).
@@ -109,7 +104,7 @@ def prepare(
     """
     train_sources = [as_source(s) for s in train]
     eval_sources = [as_source(s) for s in eval]
-    _check_arguments(train_sources, eval_sources, eval_fraction, count_tokens, max_tokens)
+    _check_arguments(train_sources, eval_sources, eval_fraction)
     report = PrepareReport(kind=kind, seed=seed)
     removed: Counter[str] = Counter()
     loaded = [load_source(s, kind, on_error=on_error) for s in train_sources]
@@ -119,9 +114,6 @@ def prepare(
     parts = [item.rows for item in loaded]
     eval_rows = [row for item in loaded_eval for row in item.rows]
 
-    if max_tokens is not None and count_tokens is not None:
-        parts = [_fitting(part, count_tokens, max_tokens, removed, "over_max_tokens_train") for part in parts]
-        eval_rows = _fitting(eval_rows, count_tokens, max_tokens, removed, "over_max_tokens_eval")
     if dedup:
         eval_keys: set[str] = set()
         eval_rows = _unique(eval_rows, eval_keys, set(), removed, "eval")
@@ -143,35 +135,22 @@ def prepare(
     report.removed = dict(removed)
     report.train_rows, report.eval_rows = len(train_rows), len(eval_rows)
     log.info("%s", report.summary())
-    # Filtering, deduplication and splitting keep the row objects, so identity finds each eval row's source.
+    # Deduplication and splitting keep the row objects, so identity finds each eval row's source.
     origin = {id(row): source.path for item, source in zip(loaded + loaded_eval, train_sources + eval_sources)
               for row in item.rows}
     return Prepared(train_rows, eval_rows, report, [origin[id(row)] for row in eval_rows])
 
 
-def _check_arguments(train: list[Source], eval_sources: list[Source], eval_fraction: float,
-                     count_tokens: Callable[[dict], int] | None, max_tokens: int | None) -> None:
+def _check_arguments(train: list[Source], eval_sources: list[Source], eval_fraction: float) -> None:
     if not train:
         raise DataFormatError("prepare needs at least one train source")
     if eval_sources and eval_fraction:
         raise DataFormatError("give either eval sources or eval_fraction, not both")
     if type(eval_fraction) not in (int, float) or not 0 <= eval_fraction < 1:
         raise DataFormatError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}")
-    if (count_tokens is None) != (max_tokens is None):
-        raise DataFormatError("count_tokens and max_tokens go together: give both or neither")
-    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-        raise DataFormatError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     for source in eval_sources:
         if source.weight != 1.0:
             raise DataFormatError(f"{source.path}: weights apply to train sources only; eval rows are used as they are")
-
-
-def _fitting(rows: list[dict], count_tokens: Callable[[dict], int], max_tokens: int, removed: Counter[str],
-             reason: str) -> list[dict]:
-    kept = [row for row in rows if count_tokens(row) <= max_tokens]
-    if len(kept) < len(rows):
-        removed[reason] += len(rows) - len(kept)
-    return kept
 
 
 def row_key(row: dict) -> str:

@@ -85,23 +85,6 @@ def test_dedup_within_train_within_eval_and_across(write_jsonl):
     assert len(prepare([train, other], "sft").train) == 6  # no dedup unless asked
 
 
-def test_token_length_filter(write_jsonl):
-    long_row = {"messages": [{"role": "user", "content": "long " * 50}, {"role": "assistant", "content": "ok"}]}
-    rows = [*sft_rows("x", 3), long_row]
-    path = str(write_jsonl(rows))
-
-    def count_tokens(row: dict) -> int:
-        return sum(len(m["content"].split()) for m in row["messages"])
-
-    prepared = prepare([path], "sft", count_tokens=count_tokens, max_tokens=10, eval_fraction=0.5)
-    assert len(prepared.train) + len(prepared.eval) == 3
-    assert prepared.report.removed == {"over_max_tokens_train": 1}
-    with pytest.raises(DataFormatError, match="count_tokens and max_tokens go together"):
-        prepare([path], "sft", max_tokens=10)
-    with pytest.raises(DataFormatError, match="max_tokens must be a positive integer"):
-        prepare([path], "sft", count_tokens=count_tokens, max_tokens=0)
-
-
 def test_bad_arguments_and_no_rows_left(write_jsonl, two_sources):
     with pytest.raises(DataFormatError, match="at least one train source"):
         prepare([], "sft")
