@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from align.errors import ConfigError
+from align.rundir import CONFIG_FILE
 
 MISSING = dataclasses.MISSING
 
@@ -33,15 +34,36 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e.__class__.__name__})") from e
-        parts = key.split(".")
-        node = nested
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is set both as a value and as a section")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_dotted(nested, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
     return nested
+
+
+def set_dotted(nested: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Set the dotted key `a.b.c` in a nested dict, creating its sections; returns the dict.
+
+    Raises ConfigError where a section on the way already holds a value."""
+    *sections, last = dotted.split(".")
+    node = nested
+    for part in sections:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{part!r} is set both as a value and as a section")
+        node = child
+    node[last] = value
+    return nested
+
+
+def get_dotted(nested: dict[str, Any], dotted: str) -> Any:
+    """The value at the dotted key `a.b.c` of a nested dict; None where it is not set."""
+    node: Any = nested
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +121,7 @@ def dump_yaml(cfg: Any) -> str:
 def save_config(cfg: Any, output_dir: str | Path) -> Path:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "config.yaml"
+    path = out / CONFIG_FILE
     path.write_text(dump_yaml(cfg), encoding="utf-8")
     return path
 
@@ -157,67 +179,106 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     """Check `value` against the annotation `tp`; convert only where YAML is ambiguous (int -> float, '1e-4')."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            trial: list[str] = []
-            out = _coerce(arg, value, path, trial)
-            if not trial:
-                return out
-        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-        return None
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value in allowed:
-            return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        problems.append(f"{path}: must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}.{hint}")
-        return None
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, list):
-            problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-            return None
-        return [_coerce(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict:
-        _key_tp, val_tp = typing.get_args(tp) or (str, Any)
-        if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-            return None
-        return {str(k): _coerce(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
+    by_origin = _BY_ORIGIN.get(typing.get_origin(tp))
+    if by_origin is not None:
+        return by_origin(tp, value, path, problems)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict) and hasattr(tp, "from_shorthand"):
-            value = tp.from_shorthand(value)
-        return _build(tp, value, path, problems)
+        return _coerce_dataclass(tp, value, path, problems)
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-4" as a string
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. a numeric revision or run name
+    scalar = _SCALARS[tp](value) if tp in _SCALARS else _REFUSED
+    if scalar is _REFUSED:
+        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return None
+    return scalar
+
+
+def _coerce_union(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """The first member of the union that takes `value` without a problem (None for an optional field's null)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in (a for a in args if a is not type(None)):
+        trial: list[str] = []
+        out = _coerce(arg, value, path, trial)
+        if not trial:
+            return out
     problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return None
+
+
+def _coerce_literal(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    allowed = typing.get_args(tp)
+    if value in allowed:
+        return value
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    problems.append(f"{path}: must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}.{hint}")
+    return None
+
+
+def _coerce_list(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    (item_tp,) = typing.get_args(tp) or (Any,)
+    if not isinstance(value, list):
+        problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return None
+    return [_coerce(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+
+
+def _coerce_dict(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    _key_tp, val_tp = typing.get_args(tp) or (str, Any)
+    if not isinstance(value, dict):
+        problems.append(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return None
+    return {str(k): _coerce(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
+
+
+def _coerce_dataclass(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict) and hasattr(tp, "from_shorthand"):
+        value = tp.from_shorthand(value)
+    return _build(tp, value, path, problems)
+
+
+_BY_ORIGIN = {Union: _coerce_union, types.UnionType: _coerce_union, Literal: _coerce_literal, list: _coerce_list,
+              dict: _coerce_dict}
+"""Annotation origin (`typing.get_origin`) -> its coercer."""
+
+_REFUSED = object()
+"""What a scalar coercer returns for a value its type does not take."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_float(value: Any) -> Any:
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            pass
+    return _REFUSED
+
+
+def _as_str(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if _is_number(value):
+        return str(value)  # e.g. a numeric revision or run name
+    return _REFUSED
+
+
+_SCALARS = {
+    bool: lambda value: value if isinstance(value, bool) else _REFUSED,
+    int: lambda value: value if isinstance(value, int) and not isinstance(value, bool) else _REFUSED,
+    float: _as_float,
+    str: _as_str,
+}
+"""Scalar annotation -> the value it takes (YAML's ambiguities resolved), or _REFUSED."""
 
 
 def _check_tree(cfg: Any, prefix: str) -> list[str]:
