@@ -6,11 +6,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from align import registry
 from align.errors import ModelError
 from align.sections import LoraConfig, ModelConfig
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ def configure_threads(num_threads: int) -> int:
     return threads
 
 
-def resolve_dtype(name: str) -> Any:
+def resolve_dtype(name: str) -> torch.dtype:
     """Map a config dtype to a torch dtype. auto: bf16 on GPUs that support it, fp32 otherwise.
 
     CPUs without native bf16 (AVX2 only) emulate it; TRL SFT on such a CPU measured >= 90 s/step in bf16 against
@@ -42,7 +45,7 @@ def resolve_dtype(name: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def precision_flags(dtype: Any) -> dict[str, bool]:
+def precision_flags(dtype: torch.dtype) -> dict[str, bool]:
     """The bf16/fp16 flags of transformers.TrainingArguments for a resolved dtype (TRL defaults bf16=True)."""
     import torch
 
@@ -131,7 +134,7 @@ def _model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _four_bit_config(compute_dtype: Any):
+def _four_bit_config(compute_dtype: torch.dtype):
     import importlib.util
 
     import torch
@@ -220,7 +223,7 @@ def peft_config(lora: LoraConfig, task_type: str = "CAUSAL_LM"):
         return None
     import peft
 
-    targets: Any = lora.target_modules
+    targets: str | list[str] = lora.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
     # A sequence classifier's fresh score head must train and be saved with the adapter.
@@ -235,6 +238,27 @@ def disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def frozen(model):
+    """`model` as a fixed scorer (a reference or reward model): no gradients, eval mode, and dropout probabilities
+    0, so its scores stay deterministic even if something later puts it back in train mode."""
+    disable_dropout(model)
+    return model.requires_grad_(False).eval()
+
+
+def check_same_vocabulary(tokenizer, other_tokenizer, *, other: str, against: str, why: str,
+                          chat_template: bool = False) -> None:
+    """Raise ModelError where `other_tokenizer` (of the model named `other`) has a different vocabulary from
+    `tokenizer` (of the model named `against`), or, with `chat_template`, renders conversations differently. A model
+    that reads another model's token ids unchanged needs the same vocabulary; `why` says what would break."""
+    if other_tokenizer.get_vocab() != tokenizer.get_vocab():
+        differs = "vocabulary"
+    elif chat_template and other_tokenizer.chat_template != tokenizer.chat_template:
+        differs = "chat template"
+    else:
+        return
+    raise ModelError(f"{other} has a different {differs} from {against}; {why}")
 
 
 def count_parameters(model) -> tuple[int, int]:
