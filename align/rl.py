@@ -179,8 +179,23 @@ def kl_estimate(
     raise ValueError(f"estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
 
 
-class FixedKLController:
-    """A constant KL coefficient with the interface of `AdaptiveKLController`."""
+class KLController:
+    """The KL coefficient `coef` and its checkpoint state; subclasses say how `update` moves it after a rollout."""
+
+    coef: float
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, float]:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.coef = float(state["coef"])
+
+
+class FixedKLController(KLController):
+    """A constant KL coefficient."""
 
     def __init__(self, coef: float) -> None:
         if coef < 0:
@@ -190,14 +205,8 @@ class FixedKLController:
     def update(self, current_kl: float, n_steps: int) -> None:
         """Does nothing: the coefficient is fixed."""
 
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.coef = float(state["coef"])
-
-
-class AdaptiveKLController:
+class AdaptiveKLController(KLController):
     """Ziegler et al. (2019) proportional controller that steers the observed KL towards `target`.
 
     After each rollout: `error = clip(current_kl / target - 1, -0.2, 0.2)`, `coef *= 1 + error * n_steps / horizon`.
@@ -218,12 +227,6 @@ class AdaptiveKLController:
         """
         proportional_error = min(max(current_kl / self.target - 1, -0.2), 0.2)
         self.coef *= 1 + proportional_error * n_steps / self.horizon
-
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.coef = float(state["coef"])
 
 
 def first_true_indices(bools: torch.Tensor) -> torch.Tensor:
