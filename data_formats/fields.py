@@ -28,26 +28,22 @@ def required(row: dict, key: str, name: str | None = None) -> Any:
 
 
 def required_text(row: dict, key: str, name: str | None = None) -> str:
-    value = required(row, key, name)
-    if type(value) is not str:
-        raise RowProblem(WRONG_TYPE, f"{name or key!r} must be a string, got {json_type(value)}")
-    return value
+    return _of_type(required(row, key, name), str, "a string", name or key)
 
 
 def optional_text(row: dict, key: str, name: str | None = None) -> str:
     """row[key] as text; a missing key or null means "" (the field is optional)."""
     value = row.get(key)
-    if value is None:
-        return ""
-    if type(value) is not str:
-        raise RowProblem(WRONG_TYPE, f"{name or key!r} must be a string, got {json_type(value)}")
-    return value
+    return "" if value is None else _of_type(value, str, "a string", name or key)
 
 
 def required_list(row: dict, key: str, name: str | None = None) -> list:
-    value = required(row, key, name)
-    if type(value) is not list:
-        raise RowProblem(WRONG_TYPE, f"{name or key!r} must be an array, got {json_type(value)}")
+    return _of_type(required(row, key, name), list, "an array", name or key)
+
+
+def _of_type(value: Any, kind: type, described: str, name: str) -> Any:
+    if type(value) is not kind:
+        raise RowProblem(WRONG_TYPE, f"{name!r} must be {described}, got {json_type(value)}")
     return value
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from data_formats.fields import json_type
@@ -131,3 +131,17 @@ def parse_tools(value: Any) -> list[dict] | None:
 
 def is_empty_tools(value: Any) -> bool:
     return value == [] or (type(value) is str and (not value.strip() or value.strip() == "[]"))
+
+
+def with_tools(out: dict, row: dict) -> dict:
+    """The canonical row `out` with the source row's `tools`, where it has any (an empty list is left out)."""
+    tools = parse_tools(row.get("tools"))
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def tools_notes(row: dict) -> Iterator[str]:
+    """The note on a source row whose `tools` column is there but empty, so left out."""
+    if "tools" in row and is_empty_tools(row["tools"]):
+        yield "empty_tools_list_left_out"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from data_formats.fields import required
 from data_formats.formats.spec import Format
-from data_formats.messages import SAME_ROLES, from_tagged, is_empty_tools, parse_tools
+from data_formats.messages import SAME_ROLES, from_tagged, tools_notes, with_tools
 
 
 def matches(row: dict) -> bool:
@@ -17,16 +17,12 @@ def matches(row: dict) -> bool:
 
 
 def convert(row: dict) -> list[dict]:
-    out: dict = {"messages": from_tagged(required(row, "messages"), "messages", "role", "content", SAME_ROLES)}
-    tools = parse_tools(row.get("tools"))
-    if tools:
-        out["tools"] = tools
-    return [out]
+    messages = from_tagged(required(row, "messages"), "messages", "role", "content", SAME_ROLES)
+    return [with_tools({"messages": messages}, row)]
 
 
 def notes(row: dict) -> Iterator[str]:
-    if "tools" in row and is_empty_tools(row["tools"]):
-        yield "empty_tools_list_left_out"
+    yield from tools_notes(row)
     if any(len(m) > 2 for m in row["messages"]):
         yield "message_keys_ignored"
 

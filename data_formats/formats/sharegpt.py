@@ -7,11 +7,9 @@ schemas; an empty tools list is left out (TRL renders tool boilerplate for `tool
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from data_formats.fields import optional_text, required
 from data_formats.formats.spec import Format
-from data_formats.messages import from_tagged, is_empty_tools, message, parse_tools
+from data_formats.messages import from_tagged, message, tools_notes, with_tools
 
 ROLE_OF_TAG = {
     "human": "user",
@@ -37,16 +35,7 @@ def conversation(row: dict) -> list[dict]:
 
 
 def convert(row: dict) -> list[dict]:
-    out: dict = {"messages": conversation(row)}
-    tools = parse_tools(row.get("tools"))
-    if tools:
-        out["tools"] = tools
-    return [out]
-
-
-def notes(row: dict) -> Iterator[str]:
-    if "tools" in row and is_empty_tools(row["tools"]):
-        yield "empty_tools_list_left_out"
+    return [with_tools({"messages": conversation(row)}, row)]
 
 
 FORMAT = Format(
@@ -58,5 +47,5 @@ FORMAT = Format(
     example='{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}',
     matches=matches,
     convert=convert,
-    notes=notes,
+    notes=tools_notes,
 )

@@ -9,6 +9,8 @@ prompt -> user, chosen/rejected -> assistant.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from data_formats.fields import json_type, required
 from data_formats.formats.spec import Format
 from data_formats.messages import SAME_ROLES, as_messages, from_tagged, message
@@ -47,11 +49,7 @@ def convert(row: dict) -> list[dict]:
 
 def split_shared_prompt(chosen: list[dict], rejected: list[dict]) -> dict:
     """Implicit prompt of two conversations: the messages they share before the assistant turn where they part."""
-    shared = 0
-    for c, r in zip(chosen, rejected, strict=False):
-        if c != r:
-            break
-        shared += 1
+    shared = _shared_prefix_length(chosen, rejected)
     if shared < len(chosen) and shared < len(rejected):
         if chosen[shared]["role"] != "assistant" or rejected[shared]["role"] != "assistant":
             raise RowProblem(PROMPT_MISMATCH, f"chosen and rejected differ at message {shared}, a "
@@ -67,11 +65,7 @@ def split_shared_prompt(chosen: list[dict], rejected: list[dict]) -> dict:
 
 def _split_shared_text(chosen: str, rejected: str) -> dict:
     # TRL's rule for text pairs: the common prefix, without a trailing space, is the prompt.
-    shared = 0
-    for c, r in zip(chosen, rejected, strict=False):
-        if c != r:
-            break
-        shared += 1
+    shared = _shared_prefix_length(chosen, rejected)
     if shared and chosen[shared - 1] == " ":
         shared -= 1
     if shared == 0:
@@ -84,6 +78,10 @@ def _ends_with_user_text(prompt: list[dict], text: str) -> bool:
     users = [m for m in prompt if m["role"] == "user"]
     return bool(users) and users[-1]["content"] == text
 
+
+def _shared_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items (messages or characters) two sequences share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 FORMAT = Format(
     name="trl_preference",

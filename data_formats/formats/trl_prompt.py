@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from data_formats.fields import required
 from data_formats.formats.spec import Format
-from data_formats.messages import as_messages, is_empty_tools, parse_tools
+from data_formats.messages import as_messages, tools_notes, with_tools
 
 _OTHER_TRL_COLUMNS = ("chosen", "rejected", "completion", "completions", "messages")
 
@@ -16,16 +14,7 @@ def matches(row: dict) -> bool:
 
 
 def convert(row: dict) -> list[dict]:
-    out: dict = {"prompt": as_messages(required(row, "prompt"), "prompt", "user")}
-    tools = parse_tools(row.get("tools"))
-    if tools:
-        out["tools"] = tools
-    return [out]
-
-
-def notes(row: dict) -> Iterator[str]:
-    if "tools" in row and is_empty_tools(row["tools"]):
-        yield "empty_tools_list_left_out"
+    return [with_tools({"prompt": as_messages(required(row, "prompt"), "prompt", "user")}, row)]
 
 
 FORMAT = Format(
@@ -37,5 +26,5 @@ FORMAT = Format(
     example='{"prompt": [{"role": "user", "content": "Write a haiku about rain."}]}',
     matches=matches,
     convert=convert,
-    notes=notes,
+    notes=tools_notes,
 )
