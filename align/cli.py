@@ -22,12 +22,12 @@ STAGE_HELP = {
 
 
 def _stage_command(args: argparse.Namespace) -> int:
-    from align import runner, stages
+    from align import rundir, stages
 
     _quiet_libraries()
     cfg = stages.load(args.command, args.config, args.overrides)
     result = stages.run(args.command, cfg)
-    if not runner.is_main_process():
+    if not rundir.is_main_process():
         return 0
     print(result.summary_line())
     for key, value in result.notes.items():
@@ -36,18 +36,18 @@ def _stage_command(args: argparse.Namespace) -> int:
     if "stopped" in result.notes:
         # Same exit code as a pipeline stopped this way: usually the hyper-parameters (learning rate) are to blame.
         print(f"error: {result.notes['stopped']}; the final model was not saved, the last checkpoint is kept "
-              f"(see {result.output_dir / 'summary.json'})", file=sys.stderr)
+              f"(see {result.output_dir / rundir.SUMMARY})", file=sys.stderr)
         return 2
     return 0
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from align import pipeline, runner
+    from align import pipeline, rundir
 
     _quiet_libraries()
     cfg = pipeline.load(args.config, args.overrides)
     results = pipeline.run(cfg, from_stage=args.from_stage, force=args.force)
-    if not runner.is_main_process():
+    if not rundir.is_main_process():
         return 0
     for result in results:
         if "skipped" in result.notes:

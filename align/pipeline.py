@@ -8,7 +8,7 @@ the key for that stage (its inline `config:` or `overrides:`; a `file:` is a tem
 - ppo reward_model.name_or_path: the last reward stage's output (PPO's value model defaults to the reward model).
 - train.output_dir is always `<run_dir>/<name>`; W&B runs share one group (default: the run dir's name), one
   job_type per stage, named `<tracking.name or run dir name>-<stage>`. Each stage's run uses its input data files and
-  models as W&B artifacts and logs its output model as one (see align.tracking), so W&B shows the run's lineage.
+  models as W&B artifacts and logs its output model as one (see align.observe.tracking), so W&B shows the run's lineage.
 Section defaults: the pipeline's `model:` under every stage's, its non-default `tracking:` keys over every stage's.
 Re-running skips stages with DONE and an unchanged config; an interrupted stage resumes from its last checkpoint.
 """
@@ -21,21 +21,18 @@ import gc
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from align import config, registry, runner, stages
+from align import config, registry, rundir, stages
 from align.errors import AlignError, ConfigError
-from align.runner import StageResult
+from align.rundir import DONE, LINEAGE, StageResult
 from align.sections import ModelConfig, TrackingConfig
 from data_formats.readers import FILE_TYPES
 
 log = logging.getLogger(__name__)
 
-DONE = "DONE"
-LINEAGE = "lineage.json"
 POLICY_STAGES = ("sft", "dpo", "ppo")
 
 
@@ -175,14 +172,14 @@ def run(cfg: PipelineConfig, from_stage: str | None = None, force: bool = False)
         action = actions[plan.name]
         if action == "skip":
             log.info("%s: finished earlier with the same config, skipped (%s)", plan.label, plan.out)
-            metrics = (_read_json(plan.out / runner.SUMMARY) or {}).get("metrics", {})
+            metrics = (_read_json(plan.out / rundir.SUMMARY) or {}).get("metrics", {})
             results.append(StageResult(plan.name, plan.out, metrics, {"skipped": "finished earlier"}))
             continue
         train = dataclasses.replace(plan.cfg.train, resume=action == "resume", overwrite=action == "rerun")
         stage_cfg = dataclasses.replace(plan.cfg, train=train)
         verb = {"run": "starting", "resume": "resuming", "rerun": "starting over"}[action]
         log.info("%s: %s in %s", plan.label, verb, plan.out)
-        if runner.is_main_process():
+        if rundir.is_main_process():
             plan.out.mkdir(parents=True, exist_ok=True)
             (plan.out / DONE).unlink(missing_ok=True)
             _write_json(plan.out / LINEAGE, _lineage_record(plan, produced, _tokenizer_fingerprint(plan.cfg.model)))
@@ -190,13 +187,13 @@ def run(cfg: PipelineConfig, from_stage: str | None = None, force: bool = False)
         gc.collect()  # trainers hold reference cycles; free this stage's models before the next stage loads its own
         if "stopped" in results[-1].notes:  # no final model for the next stage, and no DONE: a rerun resumes it
             raise AlignError(f"{plan.label}: {results[-1].notes['stopped']}; its final model was not saved, so the "
-                             f"pipeline stops here. See {plan.out / runner.SUMMARY}; fix the cause and run the "
+                             f"pipeline stops here. See {plan.out / rundir.SUMMARY}; fix the cause and run the "
                              "pipeline again (it resumes the stage from its last checkpoint) or use "
                              f"--from {plan.name}")
-        if runner.is_main_process():
+        if rundir.is_main_process():
             _write_json(plan.out / DONE, {"config_hash": plan.config_hash,
-                                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        runner.distributed_state().wait_for_everyone()
+                                          "finished_at": rundir.timestamp()})
+        rundir.distributed_state().wait_for_everyone()
     return results
 
 
@@ -206,8 +203,8 @@ def _actions(plans: list[Plan], from_index: int | None, force: bool) -> dict[str
     stage_of = {str(plan.out): plan.name for plan in plans}
     for plan in plans:
         done = _read_json(plan.out / DONE)
-        complete, _ = runner.checkpoints(plan.out)
-        started = bool(complete) or (plan.out / runner.SUMMARY).is_file()
+        complete, _ = rundir.checkpoints(plan.out)
+        started = bool(complete) or (plan.out / rundir.SUMMARY).is_file()
         if force or (from_index is not None and plan.index >= from_index):
             actions[plan.name] = "rerun"
         elif done is not None:
@@ -325,7 +322,7 @@ def _lineage_record(plan: Plan, produced: dict[str, Plan], tokenizer: dict[str, 
                                                  if upstream else {})}
     return {"stage": plan.name, "index": plan.index, "config_hash": plan.config_hash, "inputs": inputs,
             "data": data_fingerprint(plan.cfg.data), "tokenizer": tokenizer,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "started_at": rundir.timestamp()}
 
 
 def data_fingerprint(data_cfg: Any) -> dict[str, Any]:

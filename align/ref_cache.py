@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align import registry
+from align import registry, rundir
 from align.errors import AlignError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class RefLogps:
         try:
             np.savez(staging / VALUES_FILE, **values)
             meta = {**self.settings, "split": name, "pairs": len(values[COLUMNS[0]]),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "created": rundir.timestamp()}
             (staging / KEY_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
             staging.rename(final)
         except OSError:

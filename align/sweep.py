@@ -211,16 +211,12 @@ def _rank_key(value: Any, mode: str) -> tuple[int, float]:
 
 
 def _plot(ranked: list[dict[str, Any]], metric: str, path: Path) -> None:
-    import matplotlib
+    from align.observe import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     shown = [r for r in ranked if isinstance(r["metric"], (int, float))]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(shown) + 2), 3.5))
     ax.barh([r["trial"] for r in shown][::-1], [r["metric"] for r in shown][::-1])
     ax.set_xlabel(metric)
     ax.set_title("sweep trials, best at the top")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(plt, fig, path)

@@ -65,7 +65,7 @@ def train(cfg) -> dict:
     """Build and train (no final save); returns per-epoch (wall, CPU) seconds, the precompute report and the loss."""
     from transformers import TrainerCallback
 
-    from align import progress, tracking
+    from align.observe import progress, tracking
     from align.stages import dpo
 
     class EpochTimer(TrainerCallback):

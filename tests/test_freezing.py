@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from tiny import CONVERSATIONS, messages
 from transformers import TrainerCallback
 
-from align import config, runner, stages
+from align import config, stages
 from align.errors import ConfigError
+from align.stages import trainer
 from align.stages.sft import SFTConfig
 
 
@@ -76,14 +77,14 @@ def test_early_stopping_on_synthetic_curve_keeps_best_checkpoint(tmp_path, tiny_
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             metrics["eval_loss"] = next(curve)
 
-    real_controls = runner.controls
+    real_callbacks = trainer.trainer_callbacks
 
     def with_synthetic_curve(*args, **kwargs):
-        found = real_controls(*args, **kwargs)
+        found = real_callbacks(*args, **kwargs)
         found.callbacks.insert(0, SyntheticEval())
         return found
 
-    monkeypatch.setattr(runner, "controls", with_synthetic_curve)
+    monkeypatch.setattr(trainer, "trainer_callbacks", with_synthetic_curve)
     cfg = cfg_for(tmp_path, tiny_model_dir, data, "train.max_steps=8", "train.eval_steps=1", "train.save_steps=1",
                   "data.eval_fraction=0.2", "train.early_stopping.enabled=true", "train.early_stopping.patience=2")
     result = stages.run("sft", cfg)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny import CONVERSATIONS, build_tiny_tokenizer, llama_config, messages
 
-from align import chat, config, packing, stages, tracking
+from align import chat, config, packing, stages
+from align.observe import tracking
 from align.stages.sft import SFTConfig
 
 

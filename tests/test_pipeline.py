@@ -8,7 +8,8 @@ import json
 import pytest
 import yaml
 
-from align import cli, config, pipeline, tracking
+from align import cli, config, pipeline
+from align.observe import tracking
 
 SFT_ROWS = [("what is the capital of france?", "paris is the capital of france"), ("hello", "hello, how can i help?"),
             ("one two three", "four five six"), ("the quick brown fox", "jumps over the lazy dog")]

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import data_formats
-from align import completions, config, models, reward_functions
+from align import config, models, reward_functions, rundir
 from align.errors import ConfigError, ModelError
 from align.eval import baselines, judges, metrics, rankings, scoring
 from align.eval.config import EvalConfig
 from align.eval.report import plot_eval, render_markdown, sample_rows, write_outputs
+from align.generation import Generated, completion_stats, generate
 from align.sections import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def pipeline_stages(run_dir: Path) -> list[tuple[str, Path]]:
     """
     found = []
     for sub in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
-        summary, cfg = sub / "summary.json", sub / "config.yaml"
+        summary, cfg = sub / rundir.SUMMARY, sub / rundir.CONFIG_FILE
         if not (summary.is_file() and cfg.is_file()):
             continue
         stage = config.read_yaml(cfg).get("stage")
@@ -182,11 +183,11 @@ class Baseline:
 
 
 def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge,
-                   baseline: Baseline | None) -> tuple[dict[str, Any], completions.Generated]:
+                   baseline: Baseline | None) -> tuple[dict[str, Any], Generated]:
     """One model's metrics: its sampled replies, and with a baseline, pairs and samples compared with it."""
-    generated = completions.generate(model, tokenizer, data.prompts, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
-    generation: dict[str, Any] = dict(completions.completion_stats(generated))
+    generated = generate(model, tokenizer, data.prompts, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
+    generation: dict[str, Any] = dict(completion_stats(generated))
     per_sample: dict[str, list[float]] = {"length": [len(r) for r in generated.responses]}
     scores = judge.score(data.prompts, as_replies(generated.texts)) if judge else None
     if scores is not None:

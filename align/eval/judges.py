@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from align import chat, completions, models, reward_functions
+from align import chat, generation, models, reward_functions
 from align.errors import ConfigError
-from align.eval.scoring import right_padded
 from align.sections import ModelConfig
 
 
@@ -53,8 +52,8 @@ class RewardModelJudge:
         scores: list[float] = []
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
-                ids, mask = right_padded(rows[start:start + self.batch_size], self.tokenizer.pad_token_id,
-                                         self.model.device)
+                ids, mask = generation.padded(rows[start:start + self.batch_size], self.tokenizer.pad_token_id,
+                                              self.model.device, side="right")
                 scores.extend(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist())
         return scores
 
@@ -68,7 +67,7 @@ class RuleJudge:
         self.tokenizer = tokenizer
 
     def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
-        prompt_texts = [self.tokenizer.decode(completions.prompt_ids(self.tokenizer, prompt), skip_special_tokens=True)
+        prompt_texts = [self.tokenizer.decode(generation.prompt_ids(self.tokenizer, prompt), skip_special_tokens=True)
                         for prompt in prompts]
         texts = ["\n".join(message["content"] for message in reply) for reply in replies]
         return reward_functions.scores(self.fn, prompt_texts, texts, "--judge")

@@ -1,5 +1,5 @@
 """`align eval`'s outputs: eval.json, samples.jsonl, eval.md (a short report with one column per model) and the
-comparison charts (PNG, drawn with align.plots' figure helpers)."""
+comparison charts (PNG, drawn with align.observe.plots' figure helpers)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from align import completions
+from align import generation
 from align.eval import baselines
-from align.plots import panels, pyplot, save
+from align.observe.plots import panels, pyplot, save
+from align.rundir import EVAL_FILE, EVAL_MARKDOWN_FILE, SAMPLES_FILE
 
 
-def sample_rows(name: str, prompts: list[list[dict]], generated: completions.Generated,
+def sample_rows(name: str, prompts: list[list[dict]], generated: generation.Generated,
                 judge_scores: list[float] | None) -> list[dict]:
     """samples.jsonl rows: one per model and prompt."""
     rows = []
-    for i, row in enumerate(completions.completion_rows(prompts, generated)):
+    for i, row in enumerate(generation.completion_rows(prompts, generated)):
         rows.append({"model": name, **row, **({"judge_score": judge_scores[i]} if judge_scores else {})})
     return rows
 
 
 def write_outputs(out: Path, report: dict[str, Any], markdown: str, samples: list[dict]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "eval.json", out / "eval.md", out / "samples.jsonl"]
+    files = [out / EVAL_FILE, out / EVAL_MARKDOWN_FILE, out / SAMPLES_FILE]
     files[0].write_text(json.dumps(report, indent=2), encoding="utf-8")
     files[1].write_text(markdown, encoding="utf-8")
     files[2].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples), encoding="utf-8")

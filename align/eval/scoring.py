@@ -5,17 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from align import chat, completions
-
-
-def right_padded(rows: list[list[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
-    """(B, L) right-padded ids and their (B, L) attention mask (from the row lengths, not from the pad id)."""
-    import torch
-
-    width = max(map(len, rows))
-    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
-    return ids, mask
+from align import chat, generation
 
 
 def token_logprobs(model, rows: list[list[int]], pad_id: int, batch_size: int) -> list[Any]:
@@ -28,7 +18,7 @@ def token_logprobs(model, rows: list[list[int]], pad_id: int, batch_size: int) -
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
-            ids, mask = right_padded(batch, pad_id, model.device)
+            ids, mask = generation.padded(batch, pad_id, model.device, side="right")
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             logprobs = rl.logprobs_from_logits(logits[:, :-1], ids[:, 1:]).cpu()
             out.extend(row_logprobs[:len(row) - 1] for row, row_logprobs in zip(batch, logprobs))
@@ -62,7 +52,7 @@ def pair_logps(model, tokenizer, pairs: list[dict], batch_size: int) -> tuple[li
             reply_logps(model, tokenizer, prompts, [row["rejected"] for row in pairs], batch_size))
 
 
-def kl_per_sample(policy, reference, generated: completions.Generated, pad_id: int, estimator: str,
+def kl_per_sample(policy, reference, generated: generation.Generated, pad_id: int, estimator: str,
                   batch_size: int) -> list[float]:
     """Per sampled reply, the sum over its tokens of the per-token KL(policy || reference) estimate."""
     from align import rl

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from align import completions
+from align import generation
 from align.errors import ConfigError
 from align.eval import judges
 from align.probe import command, results
@@ -19,8 +19,8 @@ def check_reward_model(reward_model, tokenizer, policy, prompts: list[list[dict]
                        override: str) -> results.ProbeResult:
     """Probe `reward_model` on the policy's greedy replies to `prompts`; write probe.json into `out`. A reward model
     that fails is a ConfigError naming the worst variant and the `override` key."""
-    generated = completions.generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                                     seed=seed, batch_size=batch_size)
+    generated = generation.generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                                    seed=seed, batch_size=batch_size)
     judge = judges.RewardModelJudge(reward_model, tokenizer, batch_size)
     result = command.score_and_write(judge, prompts, generated.texts, reward_model=name, threshold=threshold,
                                      out=out, batch_size=batch_size, seed=seed)

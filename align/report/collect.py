@@ -18,19 +18,12 @@ from typing import Any
 
 import yaml
 
-from align.completions import COMPLETIONS_FILE
 from align.errors import ConfigError
-from align.pipeline import DONE, LINEAGE
 from align.probe.results import PROBE_FILE
-from align.runner import SUMMARY
+from align.rundir import COMPLETIONS_FILE, CONFIG_FILE, DONE, EVAL_FILE, LINEAGE, METRICS_FILE, SAMPLES_FILE, SUMMARY
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"
-SAMPLES_FILE = "samples.jsonl"
-"""PPO's rollouts in a stage dir; `align eval`'s sampled replies (one row per model and prompt) in an eval dir."""
-EVAL_FILE = "eval.json"
 STAGE_MARKERS = (SUMMARY, METRICS_FILE, LINEAGE)
 """A dir holding any of these is a stage's output dir (finished or not)."""
 

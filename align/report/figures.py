@@ -1,5 +1,5 @@
 """The report's images as data URIs, so the page needs no file beside it: a stage's curves, drawn from its
-metrics.jsonl by align.plots (the same PNGs a stage writes to plots/), and PNG files such as `align eval`'s charts."""
+metrics.jsonl by align.observe.plots (the same PNGs a stage writes to plots/), and PNG files such as `align eval`'s charts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from align import plots
-from align.report.collect import METRICS_FILE
+from align.observe import plots
+from align.rundir import METRICS_FILE
 
 FIRST_GROUPS = ("loss",)
 """Curve groups shown before the others (alphabetical after them)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from align import plots
+from align.observe import plots
 from align.report import figures, results, samples
 from align.report.collect import Run, Stage
 from align.report.markup import badge, code, facts, note, number, seconds, table, text

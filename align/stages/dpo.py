@@ -20,11 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from align import data, fused_head, models, ref_cache, runner
+from align import data, fused_head, models, ref_cache
 from align.errors import ConfigError, ModelError
-from align.runner import StageResult
+from align.observe.tracking import Tracker
+from align.rundir import StageResult
 from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
-from align.tracking import Tracker
+from align.stages import trainer as trainer_stage
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +100,16 @@ class DPOConfig:
         if self.trainer_overrides.get("padding_free"):
             problems.append("trainer_overrides.padding_free: trl.DPOTrainer 1.16 ignores it and pads as usual (its "
                             "padding-free path is disabled since TRL's DPO refactor); remove it")
-        problems += runner.check_trainer_overrides(
+        problems += trainer_stage.check_trainer_overrides(
             self.trainer_overrides, "DPOConfig",
-            {**runner.OWNED_ARGUMENTS, **{k: k for k in ("beta", "loss_type", "loss_weights", "label_smoothing",
-                                                       "precompute_ref_log_probs", "ref_cache")}},
+            {**trainer_stage.OWNED_ARGUMENTS, **{k: k for k in ("beta", "loss_type", "loss_weights",
+                                                              "label_smoothing", "precompute_ref_log_probs",
+                                                              "ref_cache")}},
         )
         return problems
 
 
-def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
+def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     """Load tokenizer, pairs, policy and reference and return a ready trainer. Trains nothing."""
     import datasets
     import trl
@@ -126,10 +128,10 @@ def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
 
     policy, reference, described = _load_models(cfg, model_path, tokenizer)
     has_eval = bool(eval_rows)
-    stage_controls = runner.controls(cfg, policy, tracker, tokenizer=tokenizer, stage_data=stage_data)
-    arguments = runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
+    stage_callbacks = trainer_stage.trainer_callbacks(cfg, policy, tracker, tokenizer=tokenizer, stage_data=stage_data)
+    arguments = trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
                                           default_metric="eval_rewards/accuracies")
-    arguments["per_device_eval_batch_size"] = runner.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
+    arguments["per_device_eval_batch_size"] = trainer_stage.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
     args = trl.DPOConfig(
         **arguments,
         max_length=cfg.train.max_length,
@@ -155,18 +157,18 @@ def build(cfg: DPOConfig, tracker: Tracker) -> runner.TrainerBuild:
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
         peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora),
-        callbacks=stage_controls.callbacks,
+        callbacks=stage_callbacks.callbacks,
         **precompute,
     )
     trainable, total = models.count_parameters(trainer.model)
     log.info("dpo: %s, %d train / %d eval pairs, %s of %s parameters trainable; reference: %s",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}", described)
-    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls,
-                               summary=summary)
+    return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
+                                      callbacks=stage_callbacks, summary=summary)
 
 
 def run(cfg: DPOConfig) -> StageResult:
-    return runner.run_trainer_stage(cfg, "dpo", build)
+    return trainer_stage.run_trainer_stage(cfg, "dpo", build)
 
 
 def _fit(rows: list[dict], tokenizer, cfg: DPOConfig, dropped: Counter, split: str) -> list[dict]:

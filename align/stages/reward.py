@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from align import chat, data, models, runner
+from align import chat, data, models
 from align.errors import ConfigError
-from align.runner import StageResult
+from align.observe.tracking import Tracker
+from align.rundir import StageResult
 from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
-from align.tracking import Tracker
+from align.stages import trainer as trainer_stage
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,14 @@ class RewardConfig:
             problems.append("save_merged: only applies with model.lora.enabled=true")
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient <= 0:
             problems.append(f"center_rewards_coefficient: must be > 0 or null, got {self.center_rewards_coefficient}")
-        problems += runner.check_trainer_overrides(
+        problems += trainer_stage.check_trainer_overrides(
             self.trainer_overrides, "RewardConfig",
-            {**runner.OWNED_ARGUMENTS, "center_rewards_coefficient": "center_rewards_coefficient"},
+            {**trainer_stage.OWNED_ARGUMENTS, "center_rewards_coefficient": "center_rewards_coefficient"},
         )
         return problems
 
 
-def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
+def build(cfg: RewardConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     """Load tokenizer, pairs and model and return a ready trainer. Trains nothing."""
     import datasets
     import transformers
@@ -93,9 +94,10 @@ def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
     transformers.set_seed(cfg.train.seed)  # a fresh score head initialises from the global generator
     model = models.load_sequence_classifier(cfg.model, model_path, pad_token_id=tokenizer.pad_token_id)
     has_eval = bool(eval_rows)
-    stage_controls = runner.controls(cfg, model, tracker)
-    arguments = runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval, default_metric="eval_accuracy")
-    arguments["per_device_eval_batch_size"] = runner.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
+    stage_callbacks = trainer_stage.trainer_callbacks(cfg, model, tracker)
+    arguments = trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
+                                                 default_metric="eval_accuracy")
+    arguments["per_device_eval_batch_size"] = trainer_stage.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
     args = trl.RewardConfig(
         **arguments,
         max_length=cfg.train.max_length,
@@ -109,7 +111,7 @@ def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
         peft_config=models.peft_config(cfg.model.lora, "SEQ_CLS"),
-        callbacks=stage_controls.callbacks,
+        callbacks=stage_callbacks.callbacks,
     )
     trainable, total = models.count_parameters(trainer.model)
     log.info("reward: %s, %d train / %d eval pairs (eval batches of %d), %s of %s parameters trainable",
@@ -117,8 +119,9 @@ def build(cfg: RewardConfig, tracker: Tracker) -> runner.TrainerBuild:
              f"{trainable:,}", f"{total:,}")
     kept = [(row, origin) for row, origin in zip(stage_data.eval, stage_data.eval_origins, strict=True)
             if max(len(ids) for ids in tokenize(row).values()) <= cfg.train.max_length]
-    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, controls=stage_controls,
-                               held_out_checks=_held_out_checks(cfg, kept, tokenizer) if cfg.held_out_checks else None)
+    return trainer_stage.TrainerBuild(
+        trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, callbacks=stage_callbacks,
+        held_out_checks=_held_out_checks(cfg, kept, tokenizer) if cfg.held_out_checks else None)
 
 
 def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer) -> Callable[[Path], dict[str, Any]]:
@@ -150,4 +153,4 @@ def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer)
 
 
 def run(cfg: RewardConfig) -> StageResult:
-    return runner.run_trainer_stage(cfg, "reward", build)
+    return trainer_stage.run_trainer_stage(cfg, "reward", build)

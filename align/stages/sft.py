@@ -11,11 +11,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from align import chat, data, fused_head, models, packing, runner
+from align import chat, data, fused_head, models, packing
 from align.errors import ConfigError
-from align.runner import StageResult
+from align.observe.tracking import Tracker
+from align.rundir import StageResult
 from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
-from align.tracking import Tracker
+from align.stages import trainer as trainer_stage
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,15 @@ class SFTConfig:
         problems = []
         if self.save_merged and not self.model.lora.enabled:
             problems.append("save_merged: only applies with model.lora.enabled=true")
-        problems += runner.check_trainer_overrides(
+        problems += trainer_stage.check_trainer_overrides(
             self.trainer_overrides, "SFTConfig",
-            {**runner.OWNED_ARGUMENTS, "packing": "packing", "assistant_only_loss": "assistant_only_loss",
+            {**trainer_stage.OWNED_ARGUMENTS, "packing": "packing", "assistant_only_loss": "assistant_only_loss",
              "completion_only_loss": "assistant_only_loss"},
         )
         return problems
 
 
-def build(cfg: SFTConfig, tracker: Tracker) -> runner.TrainerBuild:
+def build(cfg: SFTConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     """Load tokenizer, data and model and return a ready trainer. Trains nothing."""
     import datasets
     import trl
@@ -83,9 +84,9 @@ def build(cfg: SFTConfig, tracker: Tracker) -> runner.TrainerBuild:
         eval_rows = packing.pack(eval_rows, cfg.train.max_length) if has_eval else eval_rows
         collator = packing.PackedCollator(pad_token_id=tokenizer.pad_token_id, dtype=model.dtype)
         log.info("packed into %d train sequences of up to %d tokens", len(train_rows), cfg.train.max_length)
-    stage_controls = runner.controls(cfg, model, tracker, tokenizer=tokenizer, stage_data=stage_data)
+    stage_callbacks = trainer_stage.trainer_callbacks(cfg, model, tracker, tokenizer=tokenizer, stage_data=stage_data)
     args = trl.SFTConfig(
-        **runner.training_arguments(cfg.train, cfg.model, has_eval=has_eval),
+        **trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval),
         max_length=cfg.train.max_length,
         packing=trl_packs,
         **cfg.trainer_overrides,
@@ -99,14 +100,14 @@ def build(cfg: SFTConfig, tracker: Tracker) -> runner.TrainerBuild:
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
         peft_config=models.peft_config(cfg.model.lora),
-        callbacks=stage_controls.callbacks,
+        callbacks=stage_callbacks.callbacks,
     )
     trainable, total = models.count_parameters(trainer.model)
     log.info("sft: %s, %d train / %d eval examples, %s of %s parameters trainable", cfg.model.name_or_path,
              len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}")
-    return runner.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
-                               controls=stage_controls)
+    return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
+                                      callbacks=stage_callbacks)
 
 
 def run(cfg: SFTConfig) -> StageResult:
-    return runner.run_trainer_stage(cfg, "sft", build)
+    return trainer_stage.run_trainer_stage(cfg, "sft", build)

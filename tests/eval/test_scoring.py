@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from plain_torch import PAIRS, load, message, plain_reply_logp
 
-from align import completions
+from align import generation
 from align.eval import scoring
 
 
@@ -24,11 +24,11 @@ def test_kl_per_sample_matches_k3_by_hand(tiny_model_dir, policy_dir):
     tokenizer, reference = load(tiny_model_dir)
     _, policy = load(policy_dir)
     eos = tokenizer.eos_token_id
-    prompt_ids = [completions.prompt_ids(tokenizer, message("user", p)) for p, _, _ in PAIRS[:3]]
+    prompt_ids = [generation.prompt_ids(tokenizer, message("user", p)) for p, _, _ in PAIRS[:3]]
     responses = [tokenizer("paris", add_special_tokens=False)["input_ids"] + [eos],
                  tokenizer("the sea and the sky", add_special_tokens=False)["input_ids"],
                  [eos]]
-    generated = completions.Generated(prompt_ids=prompt_ids, responses=responses, has_eos=[True, False, True],
+    generated = generation.Generated(prompt_ids=prompt_ids, responses=responses, has_eos=[True, False, True],
                                       texts=["", "", ""])
     ours = scoring.kl_per_sample(policy, reference, generated, tokenizer.pad_token_id, "k3", batch_size=3)
     expected = []

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import config, fused_head, models, stages, tracking
+from align import config, fused_head, models, stages
 from align.errors import ConfigError, ModelError
+from align.observe import tracking
 from align.sections import ModelConfig
 from align.stages import dpo
 from align.stages.dpo import DPOConfig

@@ -9,7 +9,8 @@ import math
 import torch
 from safetensors.torch import load_file
 
-from align import chat, config, models, stages, tracking
+from align import chat, config, models, stages
+from align.observe import tracking
 from align.sections import ModelConfig
 from align.stages.reward import RewardConfig
 

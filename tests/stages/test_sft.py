@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import config, fused_head, stages, tracking
+from align import config, fused_head, stages
 from align.errors import ConfigError
+from align.observe import tracking
 from align.stages.sft import SFTConfig
 
 ROWS = [

@@ -1,9 +1,9 @@
-"""What the PPO stage writes: checkpoints (and resuming from them), sample tables, the final model and summary.
+"""What the PPO stage writes: checkpoints (and resuming from them), sample tables and the final model.
 
 `checkpoint-N/` holds everything needed to continue a run exactly where it stopped: `policy/` (the model, or the
 LoRA adapter) and `value_model/` in HF format, the optimizer, scheduler, KL controller and prompt-stream state, and
 every process's RNG states. It is written as `tmp-checkpoint-N/` and renamed when complete; `trainer_state.json`
-inside marks it complete for `runner`.
+inside marks it complete (`align.rundir.checkpoints`).
 """
 
 from __future__ import annotations
@@ -11,41 +11,42 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from align import models, runner
+from align import generation, models, rundir
 from align.errors import ConfigError
+from align.observe.tracking import Tracker
+from align.rundir import MERGED_DIR, POLICY_DIR, SAMPLES_FILE, TRAINER_STATE_FILE, VALUE_MODEL_DIR
 from align.stages.ppo.rollout import Experience
 from align.stages.ppo.setup import PPOBuild
-from align.tracking import Tracker
 
 
 def save_checkpoint(parts: PPOBuild, out: Path, update: int, keep: int) -> None:
     """Write checkpoint-`update`, then delete all but the newest `keep` checkpoints. Call on every process."""
     accelerator = parts.accelerator
-    tmp = out / f"tmp-checkpoint-{update}"
+    final = rundir.checkpoint_dir(out, update)
+    tmp = final.with_name(f"tmp-{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pth")
     if accelerator.is_main_process:
-        parts.policy.save_pretrained(tmp / "policy")
-        parts.value_model.save_pretrained(tmp / "value_model")
+        parts.policy.save_pretrained(tmp / POLICY_DIR)
+        parts.value_model.save_pretrained(tmp / VALUE_MODEL_DIR)
         torch.save({"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
                     "kl_controller": parts.kl_controller.state_dict(), "prompts": parts.prompts.state_dict()},
                    tmp / "training_state.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         meta = {"global_step": update, "processes": accelerator.num_processes}
-        (tmp / "trainer_state.json").write_text(json.dumps(meta))
-        tmp.rename(out / f"checkpoint-{update}")
-        complete, _ = runner.checkpoints(out)
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(meta))
+        tmp.rename(final)
+        complete, _ = rundir.checkpoints(out)
         for old in complete[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -53,7 +54,7 @@ def save_checkpoint(parts: PPOBuild, out: Path, update: int, keep: int) -> None:
 
 def load_checkpoint(parts: PPOBuild, path: Path) -> int:
     """Restore all but the weights (`setup.build` loads those from `path`); returns the update it was taken at."""
-    meta = json.loads((path / "trainer_state.json").read_text())
+    meta = json.loads((path / TRAINER_STATE_FILE).read_text())
     if meta["processes"] != parts.accelerator.num_processes:
         raise ConfigError(f"train.resume: {path} was written by {meta['processes']} processes; resume with as many")
     state = torch.load(path / "training_state.pt", weights_only=False)
@@ -70,38 +71,28 @@ def load_checkpoint(parts: PPOBuild, path: Path) -> int:
     return meta["global_step"]
 
 
-def write_samples(parts: PPOBuild, tracker: Tracker, experience: Experience, scores: torch.Tensor, update: int,
-                  out: Path) -> None:
+def write_samples(parts: PPOBuild, tracker: Tracker, experience: Experience, scores: torch.Tensor,
+                  update: int) -> None:
     """Append the rollout's prompts, completions and scores to samples.jsonl (and a W&B table); main process."""
     if not parts.accelerator.is_main_process:
         return
-    pad = parts.sampler.pad_id
-    prompts = parts.tokenizer.batch_decode([row[row != pad] for row in experience.queries], skip_special_tokens=True)
+    prompts = generation.decode_prompts(parts.tokenizer, experience.queries, parts.sampler.pad_id)
     completions = parts.tokenizer.batch_decode(experience.responses, skip_special_tokens=True)
-    rows = [[update, prompt, completion, score] for prompt, completion, score
-            in zip(prompts, completions, scores.tolist(), strict=True)]
-    with (out / "samples.jsonl").open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(dict(zip(("step", "prompt", "completion", "score"), row)), ensure_ascii=False) + "\n")
-    if tracker.run is not None:
-        import wandb
-
-        tracker.run.log({"samples": wandb.Table(columns=["step", "prompt", "completion", "score"], data=rows)},
-                        step=update)
+    rows = [{"prompt": prompt, "completion": completion, "score": score}
+            for prompt, completion, score in zip(prompts, completions, scores.tolist(), strict=True)]
+    tracker.log_table("samples", SAMPLES_FILE, rows, update)
 
 
-def save_final(parts: PPOBuild, out: Path, summary: dict[str, Any], merged: bool) -> None:
-    """The policy (or adapter; `merged` adds the merged model under merged/), tokenizer, value model, summary.json."""
+def save_final(parts: PPOBuild, out: Path, merged: bool) -> dict[str, Any]:
+    """Save the policy (or adapter; `merged` adds the merged model under merged/), tokenizer and value model; main
+    process. Returns summary.json's entries about the model."""
     parts.policy.save_pretrained(out)
     parts.tokenizer.save_pretrained(out)
-    parts.value_model.save_pretrained(out / "value_model")
+    parts.value_model.save_pretrained(out / VALUE_MODEL_DIR)
     if merged:
-        models.save_merged(parts.policy, parts.tokenizer, out / "merged")
+        models.save_merged(parts.policy, parts.tokenizer, out / MERGED_DIR)
     trainable, total = models.count_parameters(parts.model)
-    record = {"stage": "ppo", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": summary,
-              "data": parts.stage_data.report, "dropped": dict(parts.stage_data.dropped),
-              "parameters": {"trainable": trainable, "total": total}, "lora": hasattr(parts.policy, "peft_config")}
-    (out / runner.SUMMARY).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    return {"parameters": {"trainable": trainable, "total": total}, "lora": hasattr(parts.policy, "peft_config")}
 
 
 def _rng_state() -> dict[str, Any]:

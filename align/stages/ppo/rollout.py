@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from align import chat, reward_functions, rl
+from align import chat, generation, reward_functions, rl
 from align.stages.ppo.config import PPOSection
 
 
@@ -77,11 +77,6 @@ def tokenize_prompts(tokenizer, rows: list[dict], limit: int, drop_long: bool) -
             ids = ids[-limit:]
         prompts.append(ids)
     return prompts, too_long
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
-    width = max(map(len, rows))
-    return torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], device=device)
 
 
 def masked_inputs(ids: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
@@ -163,18 +158,12 @@ class Sampler:
 
     @classmethod
     def create(cls, ppo_cfg: PPOSection, tokenizer) -> Sampler:
-        from transformers import GenerationConfig
-
         suppressed = None if ppo_cfg.trl_parity else tokenizer.pad_token_id
         temperature = ppo_cfg.temperature + 1e-7 if ppo_cfg.trl_parity else ppo_cfg.temperature
-        # Neutral values for every processor a checkpoint's generation_config could switch on (Qwen ships
-        # repetition_penalty=1.05, for one): the log-probs must be those of the distribution actually sampled.
-        config = GenerationConfig(
-            max_new_tokens=ppo_cfg.response_length, do_sample=True, temperature=temperature, top_k=ppo_cfg.top_k,
-            top_p=ppo_cfg.top_p, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
-            use_cache=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            suppress_tokens=None if suppressed is None else [suppressed], return_dict_in_generate=True,
-            output_logits=True)
+        # The neutral config: the log-probs must be those of the distribution actually sampled.
+        config = generation.generation_config(
+            tokenizer, ppo_cfg.response_length, temperature, top_k=ppo_cfg.top_k, top_p=ppo_cfg.top_p,
+            suppress_pad=suppressed is not None, return_dict_in_generate=True, output_logits=True)
         return cls(config, temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, suppressed, ppo_cfg.micro_batch)
 
 
@@ -230,7 +219,7 @@ def _reference_logprobs(sampler: Sampler, policy, reference, ids, responses, con
 
 def _call_reward_function(fn: reward_functions.RewardFunction, tokenizer, queries, responses,
                           pad_id) -> torch.Tensor:
-    prompts = tokenizer.batch_decode([row[row != pad_id] for row in queries], skip_special_tokens=True)
+    prompts = generation.decode_prompts(tokenizer, queries, pad_id)
     completions = tokenizer.batch_decode(responses, skip_special_tokens=True)
     return torch.tensor(reward_functions.scores(fn, prompts, completions, "reward_model.function"),
                         device=queries.device)

@@ -16,6 +16,7 @@ import torch
 
 from align import data, models, reward_functions, rl
 from align.errors import ConfigError, ModelError
+from align.rundir import POLICY_DIR, VALUE_MODEL_DIR
 from align.sections import ModelConfig
 from align.stages.ppo.config import PPOConfig
 from align.stages.ppo.rollout import PolicyAndValue, PromptStream, Sampler, tokenize_prompts
@@ -128,15 +129,15 @@ def _load_models(cfg: PPOConfig, tokenizer: PreTrainedTokenizerBase, checkpoint:
     reference None with LoRA, reward None with a reward function). Dropout off in all of them."""
     lora, pad = cfg.model.lora.enabled, tokenizer.pad_token_id
     policy_path = models.resolve_path(cfg.model.name_or_path)
-    policy = models.load_causal_lm(cfg.model, str(checkpoint / "policy") if checkpoint and not lora else policy_path)
+    policy = models.load_causal_lm(cfg.model, str(checkpoint / POLICY_DIR) if checkpoint and not lora else policy_path)
     if lora:
         import peft
 
-        policy = (peft.PeftModel.from_pretrained(policy, checkpoint / "policy", is_trainable=True) if checkpoint
+        policy = (peft.PeftModel.from_pretrained(policy, checkpoint / POLICY_DIR, is_trainable=True) if checkpoint
                   else peft.get_peft_model(policy, models.peft_config(cfg.model.lora)))
     value_source = cfg.value_model.name_or_path or cfg.reward_model.name_or_path or cfg.model.name_or_path
     value_cfg, value_path = _frozen_model_config(cfg, value_source)
-    value_model = models.load_sequence_classifier(value_cfg, str(checkpoint / "value_model") if checkpoint
+    value_model = models.load_sequence_classifier(value_cfg, str(checkpoint / VALUE_MODEL_DIR) if checkpoint
                                                   else value_path, pad_token_id=pad)
     for model in (policy, value_model):
         models.disable_dropout(model)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from align import completions, rl
+from align import generation, rl
 from align.stages.ppo.config import PPOConfig, PPOSection
 from align.stages.ppo.rollout import Experience, tempered
 from align.stages.ppo.setup import PPOBuild
@@ -138,7 +138,7 @@ def update_metrics(cfg: PPOConfig, parts: PPOBuild, experience: Experience, shap
         "policy/advantages_mean": rl.masked_mean(shaped.raw_advantages, shaped.mask, all_reduce=reduce),
         "policy/advantages_std": rl.masked_var(shaped.raw_advantages, shaped.mask, all_reduce=reduce).sqrt(),
         # Not TRL's: repeating replies is how the real run in docs/results_ppo.md gamed a weak reward model.
-        "completions/repetition_rate": torch.tensor(completions.repetition_rate(replies, parts.sampler.eos_id),
+        "completions/repetition_rate": torch.tensor(generation.repetition_rate(replies, parts.sampler.eos_id),
                                                     device=experience.responses.device),
     }
     values = reduce(torch.stack([v.float() for v in local.values()]), reduction="mean").tolist()

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import stages, tracking
+from align import stages
+from align.observe import tracking
 from align.stages.ppo import PPOConfig
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import config, stages, tracking
+from align import config, stages
+from align.observe import tracking
 from align.stages.ppo import PPOConfig
 
 REPO = Path(__file__).resolve().parents[3]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align import tracking
+from align.observe import tracking
 
 REPO = Path(__file__).resolve().parents[3]
 ACCELERATE = Path(sys.executable).with_name("accelerate")

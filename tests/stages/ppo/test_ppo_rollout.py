@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from align import rl
+from align import generation, rl
 from align.stages.ppo import rollout, setup
 
 
@@ -26,7 +26,7 @@ def test_pad_is_never_sampled_even_when_it_is_the_likeliest_token(tmp_path, make
     def sampled_pads(*overrides) -> tuple[int, torch.Tensor]:
         cfg = make_cfg(tmp_path, policy_dir, "ppo.response_length=16", *overrides, function=f"{reward_file}:half")
         parts = setup.build(cfg)
-        queries = rollout.left_pad(parts.prompts.next(), parts.sampler.pad_id, torch.device("cpu"))
+        queries, _ = generation.padded(parts.prompts.next(), parts.sampler.pad_id, torch.device("cpu"), side="left")
         with torch.no_grad():
             out = parts.policy.generate(input_ids=queries, attention_mask=queries != parts.sampler.pad_id,
                                         generation_config=parts.sampler.generation_config)

@@ -1,5 +1,5 @@
-"""PNG plots that need no W&B: a run's metric curves (from metrics.jsonl), and the figure helpers `align eval`'s
-charts (align.eval.report) share.
+"""PNG plots that need no W&B: a run's metric curves (from metrics.jsonl), and the figure helpers that `align eval`'s
+charts (align.eval.report) and `align sweep`'s chart share.
 
 matplotlib runs on its Agg backend, so this works on machines without a display.
 """
@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from align.health import as_number
-from align.tracking import read_metrics
+from align.observe.health import as_number
+from align.observe.tracking import read_metrics
+from align.rundir import PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-PLOTS_DIR = "plots"
 EVAL_PREFIX = "eval_"
 # Counters and timings, not training signals.
 BOOKKEEPING = {"step", "time", "epoch", "episode", "total_flos", "num_tokens", "num_input_tokens_seen", "train_loss"}
@@ -28,6 +28,7 @@ COLUMNS = 3
 
 
 def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first use: matplotlib is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from align import plots
+from align.observe import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -80,7 +80,7 @@ def test_a_plotting_failure_is_a_warning(tmp_path, monkeypatch, caplog):
         raise RuntimeError("no backend")
 
     monkeypatch.setattr(plots, "pyplot", broken)
-    with caplog.at_level("WARNING", logger="align.plots"):
+    with caplog.at_level("WARNING", logger="align.observe.plots"):
         assert plots.plot_finished_run(tmp_path) == []
     assert "could not draw the metric plots (RuntimeError: no backend)" in caplog.text
 

@@ -11,7 +11,8 @@ import yaml
 from tiny import CONVERSATIONS, PAIRS, messages, write_pairs
 from wandb_records import finished_run_file, summarize, wait_finished
 
-from align import cli, pipeline, tracking
+from align import cli, pipeline
+from align.observe import tracking
 from align.sections import TrackingConfig
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
@@ -120,3 +121,17 @@ def test_pipeline_tracking_subsections_merge_key_by_key(tmp_path, tiny_model_dir
     (plan,) = pipeline.resolve(pipeline.load(path))
     assert (plan.cfg.tracking.health.kl_max, plan.cfg.tracking.health.window) == (8.0, 5)
     assert plan.cfg.tracking.completions_every == 10 and plan.cfg.tracking.group == "run"
+
+
+def test_log_table_appends_rows_to_a_jsonl_and_logs_a_wandb_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = tracking.Tracker(TrackingConfig(backend="wandb", mode="offline"), tmp_path, stage="sft", run_config={})
+    row = {"prompt": "hi", "completion": "hello", "length": 2, "eos": True, "repeated_ngram": False}
+    tracker.log_table("completions", "completions.jsonl", [row], step=1)
+    path = tracker.log_table("completions", "completions.jsonl", [row, row], step=2)
+    tracker.finish()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"step": 1, **row}, {"step": 2, **row}, {"step": 2, **row}]
+    assert "completions/_type" in summarize(finished_run_file(tmp_path))["history"]
+    elsewhere = tracking.Tracker(TrackingConfig(), tmp_path / "other", stage="sft", run_config={}, is_main=False)
+    assert elsewhere.log_table("samples", "samples.jsonl", [row], step=1) is None, "only the main process writes"

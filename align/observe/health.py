@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from align.sections import HealthConfig
+
 log = logging.getLogger(__name__)
 
 Severity = Literal["warning", "fatal"]
@@ -29,43 +31,6 @@ EOS_RATE_KEY = "completions/eos_rate"
 MISSING_EOS_KEY = "val/frac_missing_eos"
 KL_KEY = "objective/kl"
 REPETITION_KEY = "completions/repetition_rate"
-
-
-@dataclass
-class HealthConfig:
-    enabled: bool = True
-    """Watch the logged metrics for the failure signatures below and raise alerts (log, W&B, summary)."""
-    window: int = 3
-    """Logs averaged into a metric's start value and into its current value."""
-    chosen_logps_drop: float = 0.5
-    """DPO: alert when logps/chosen falls below its start by more than this fraction of |start| while
-    rewards/margins rises (both replies are being pushed down, the chosen one too)."""
-    early_fraction: float = 0.2
-    """DPO: alert when rewards/accuracies stays at 1.0 for `window` logs within this first fraction of the steps."""
-    length_growth: float = 2.0
-    """PPO / sampled completions: alert when the mean response length grows beyond this many times its start."""
-    eos_rate_drop: float = 0.5
-    """Sampled completions / PPO: alert when the EOS rate falls below (1 - this) times its start."""
-    repetition_rise: float = 0.15
-    """Sampled completions / PPO: alert when the fraction of replies that repeat a 4-gram rises more than this
-    above its start (an absolute rise: 0.15 is e.g. 5% -> 20%)."""
-    kl_max: float = 20.0
-    """PPO: alert when objective/kl (nats per response) exceeds this."""
-    kl_jump: float = 5.0
-    """PPO: alert when one log's objective/kl exceeds the mean of the `window` logs before it by this much."""
-
-    def check(self) -> list[str]:
-        problems = []
-        if self.window < 1:
-            problems.append(f"window: must be >= 1, got {self.window}")
-        for name in ("chosen_logps_drop", "early_fraction", "eos_rate_drop", "repetition_rise"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                problems.append(f"{name}: must be in (0, 1], got {getattr(self, name)}")
-        if self.length_growth <= 1.0:
-            problems.append(f"length_growth: must be > 1, got {self.length_growth}")
-        if self.kl_max <= 0 or self.kl_jump <= 0:
-            problems.append("kl_max and kl_jump: must be > 0")
-        return problems
 
 
 @dataclass(frozen=True)
@@ -308,6 +273,7 @@ def health_callback(monitor: HealthMonitor, tracker: Any = None):
     `control.should_training_stop`, and cancels this step's checkpoint and evaluation so nothing broken is written;
     the caller checks `stopped_on_fatal` and skips its final save.
     """
+    # Defined here so that importing this module does not import transformers (config loading stays light).
     from transformers import TrainerCallback
 
     class HealthCallback(TrainerCallback, HealthReporter):

@@ -6,8 +6,10 @@ import math
 
 import pytest
 
-from align import config, health
-from align.health import HealthConfig, HealthMonitor
+from align import config
+from align.observe import health
+from align.observe.health import HealthMonitor
+from align.sections import HealthConfig
 
 
 def run_stream(records: list[dict], max_steps: int | None = 100, **cfg) -> list[health.Alert]:
@@ -124,8 +126,8 @@ def test_disabled_config_raises_nothing():
 
 
 def test_check_reads_metrics_jsonl_as_the_tracker_writes_it(tmp_path):
+    from align.observe.tracking import Tracker, read_metrics
     from align.sections import TrackingConfig
-    from align.tracking import Tracker, read_metrics
 
     tracker = Tracker(TrackingConfig(backend="none"), tmp_path, stage="dpo", run_config={})
     tracker.log({"loss": 0.7}, step=1)
@@ -174,7 +176,7 @@ def test_warnings_are_logged_and_do_not_stop_training(caplog):
 
     callback = health.health_callback(HealthMonitor(), tracker=None)
     control = TrainerControl()
-    with caplog.at_level("WARNING", logger="align.health"):
+    with caplog.at_level("WARNING", logger="align.observe.health"):
         for step in range(1, 4):
             callback.on_log(None, make_state(step), control, logs={"objective/kl": 50.0})
     assert not control.should_training_stop and not callback.stopped_on_fatal
@@ -185,8 +187,8 @@ def test_warnings_are_logged_and_do_not_stop_training(caplog):
 def test_alert_reaches_an_offline_wandb_run(tmp_path, monkeypatch):
     from wandb_records import finished_run_file, summarize
 
+    from align.observe.tracking import Tracker
     from align.sections import TrackingConfig
-    from align.tracking import Tracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     tracker = Tracker(TrackingConfig(backend="wandb", mode="offline"), tmp_path, stage="dpo", run_config={})
@@ -239,24 +241,24 @@ def poison_lm_head(model) -> None:
 
 @pytest.fixture
 def poison_after_step_2(monkeypatch):
-    """Make every TRL stage's model NaN after its second optimizer step, through the controls it is built with."""
+    """Make every TRL stage's model NaN after its second optimizer step, through the callbacks it is built with."""
     from transformers import TrainerCallback
 
-    from align import runner
+    from align.stages import trainer
 
     class Poison(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kwargs):
             if state.global_step == 2:
                 poison_lm_head(model)
 
-    real = runner.controls
+    real = trainer.trainer_callbacks
 
-    def controls(*args, **kwargs):
+    def trainer_callbacks(*args, **kwargs):
         found = real(*args, **kwargs)
         found.callbacks.append(Poison())
         return found
 
-    monkeypatch.setattr(runner, "controls", controls)
+    monkeypatch.setattr(trainer, "trainer_callbacks", trainer_callbacks)
 
 
 def sft_rows(path):
@@ -344,7 +346,8 @@ def test_nan_stops_ppo_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, m
     import json
     from pathlib import Path
 
-    from align import stages, tracking
+    from align import stages
+    from align.observe import tracking
     from align.stages import ppo
     from align.stages.ppo import update as ppo_update
 
@@ -359,7 +362,7 @@ def test_nan_stops_ppo_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, m
         return real(cfg, b, exp, shaped)
 
     monkeypatch.setattr(ppo_update, "ppo_epochs", optimise)
-    prompts = Path(__file__).resolve().parents[1] / "examples" / "data" / "prompts.jsonl"
+    prompts = Path(__file__).resolve().parents[2] / "examples" / "data" / "prompts.jsonl"
     cfg = config.load_config(ppo.PPOConfig, base={
         "model": {"name_or_path": str(tiny_model_dir)}, "reward_model": {"function": f"{rule}:half"},
         "data": {"train": [str(prompts)]},

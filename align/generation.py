@@ -1,5 +1,6 @@
-"""Sample replies to chat prompts and record them: `completions.jsonl`, a W&B table, and length / EOS / repetition
-statistics. Used during training (`completions_callback`) and by `align eval`.
+"""Generation helpers shared by PPO's rollouts, `align eval` and the completions sampled while training: token rows
+padded into tensors, the neutral GenerationConfig, batched `generate()`, and reply statistics (length, EOS,
+repetition).
 
 Generation is left-padded and batched, seeded without disturbing the caller's random state, and never samples the
 pad token (which is not the EOS here), so a reply is its tokens up to and including the first EOS.
@@ -7,18 +8,16 @@ pad token (which is not the EOS here), so a reply is its tokens up to and includ
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from align import chat
 from align.errors import ModelError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
+    from transformers import GenerationConfig
 
-COMPLETIONS_FILE = "completions.jsonl"
 REPEAT_NGRAM = 4
 """A reply counts as repetitive when some run of this many tokens occurs in it twice."""
 
@@ -42,20 +41,45 @@ def prompt_ids(tokenizer, prompt: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def generation_config(tokenizer, max_new_tokens: int, temperature: float):
-    """Plain sampling from the model's distribution at `temperature` (0: greedy).
+def padded(rows: list[list[int]], pad_id: int, device: Any, *,
+           side: Literal["left", "right"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) ids padded with `pad_id` on `side` to the longest row, and their (B, L) attention mask (from the row
+    lengths, not from the pad id). Prompts to generate from are padded on the left, so every reply starts at L."""
+    import torch
 
-    Every other processor is set to its neutral value, whatever the checkpoint's generation_config says (top_k
-    would otherwise default to 50), and the pad token is suppressed.
+    width = max(map(len, rows))
+    if side == "left":
+        ids = [[pad_id] * (width - len(row)) + row for row in rows]
+        mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
+    else:
+        ids = [row + [pad_id] * (width - len(row)) for row in rows]
+        mask = [[1] * len(row) + [0] * (width - len(row)) for row in rows]
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+
+
+def decode_prompts(tokenizer, queries: torch.Tensor, pad_id: int) -> list[str]:
+    """The text of left-padded prompt rows, without pads and special tokens."""
+    return tokenizer.batch_decode([row[row != pad_id] for row in queries], skip_special_tokens=True)
+
+
+def generation_config(tokenizer, max_new_tokens: int, temperature: float, *, top_k: int = 0, top_p: float = 1.0,
+                      suppress_pad: bool = True, **extra: Any) -> GenerationConfig:
+    """Plain sampling from the model's distribution at `temperature` (0: greedy), cut to `top_k` / `top_p` when set.
+
+    Every other processor is set to its neutral value, whatever the checkpoint's generation_config says (top_k would
+    otherwise default to 50; Qwen ships repetition_penalty=1.05), so that the replies come from the distribution the
+    log-probs describe. The pad token is suppressed unless `suppress_pad` is false. `extra`: more GenerationConfig
+    fields (what `generate` returns).
     """
     from transformers import GenerationConfig
 
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if temperature > 0 else {
         "do_sample": False}
     return GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=0, typical_p=1.0, repetition_penalty=1.0,
                             no_repeat_ngram_size=0, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id, suppress_tokens=[tokenizer.pad_token_id],
-                            use_cache=True, **sampling)
+                            pad_token_id=tokenizer.pad_token_id,
+                            suppress_tokens=[tokenizer.pad_token_id] if suppress_pad else None, use_cache=True,
+                            **sampling, **extra)
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
@@ -93,13 +117,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(seed)
             for start in range(0, len(ids), batch_size):
-                rows = ids[start:start + batch_size]
-                width = max(map(len, rows))
-                queries = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=model.device)
-                attention = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows],
-                                         device=model.device)
+                queries, attention = padded(ids[start:start + batch_size], pad, model.device, side="left")
                 out = model.generate(input_ids=queries, attention_mask=attention, generation_config=config)
-                cut, lengths = rl.truncate_after_eos(out[:, width:], eos, pad)
+                cut, lengths = rl.truncate_after_eos(out[:, queries.size(1):], eos, pad)
                 for row, length in zip(cut.tolist(), lengths.tolist(), strict=True):
                     responses.append(row[:length])
                     has_eos.append(row[length - 1] == eos)
@@ -156,69 +176,3 @@ def completion_rows(prompts: list[list[dict]], generated: Generated) -> list[dic
     ]
 
 
-def sample_completions(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, *,
-                       temperature: float = 0.0, seed: int = 0, batch_size: int = 8) -> list[dict]:
-    """`completion_rows` of freshly sampled replies; arguments as in `generate`."""
-    generated = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed, batch_size=batch_size)
-    return completion_rows(prompts, generated)
-
-
-def write_completions(output_dir: str | Path, step: int, rows: list[dict], tracker: Any = None) -> Path:
-    """Append the rows, each with its step, to `<output_dir>/completions.jsonl`; with a W&B run on the tracker,
-    also log them as a `wandb.Table` under the key "completions" (one table per call: W&B's step slider browses
-    them)."""
-    path = Path(output_dir) / COMPLETIONS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
-    run = getattr(tracker, "run", None)
-    if run is not None:
-        import wandb
-
-        columns = ["step", *rows[0]] if rows else ["step"]
-        table = wandb.Table(columns=columns, data=[[step, *row.values()] for row in rows])
-        run.log({"completions": table}, step=step)
-    return path
-
-
-def completions_callback(prompts: list[list[dict]], every_n_steps: int, *, tokenizer, tracker: Any,
-                         max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, batch_size: int = 8,
-                         health: Any = None):
-    """A transformers TrainerCallback that samples replies to `prompts` before training and every N optimizer steps.
-
-    On the main process only: it writes `completions.jsonl` in the tracker's output dir (plus the W&B table) and
-    logs `completions/length_mean`, `completions/eos_rate` and `completions/repetition_rate` to the tracker, and
-    passes them to `health` (a `HealthReporter`, e.g. the health callback) when given, so their rules see them.
-    Sampling uses the unwrapped model, so it suits single-process and DDP runs, not sharded (FSDP / ZeRO-3) weights.
-    """
-    from transformers import TrainerCallback
-
-    if every_n_steps < 1:
-        raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-    if not prompts:
-        raise ValueError("completions_callback needs at least one prompt")
-
-    class CompletionsCallback(TrainerCallback):
-        def _sample(self, state, model) -> None:
-            generated = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 seed=seed, batch_size=batch_size)
-            rows = completion_rows(prompts, generated)
-            write_completions(tracker.output_dir, state.global_step, rows, tracker)
-            stats = {f"completions/{name}": value for name, value in completion_stats(generated).items()}
-            tracker.log(stats, step=state.global_step)
-            if health is not None:
-                health.observe(state.global_step, stats)
-            log.info("step %d: sampled %d completions (mean length %.1f tokens, EOS rate %.2f)", state.global_step,
-                     len(rows), stats["completions/length_mean"], stats["completions/eos_rate"])
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero:
-                self._sample(state, model)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero and state.global_step % every_n_steps == 0:
-                self._sample(state, model)
-
-    return CompletionsCallback()

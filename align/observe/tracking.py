@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from align.rundir import LINEAGE, MERGED_DIR, METRICS_FILE, RUN_ID_FILE, SUMMARY, VALUE_MODEL_DIR
 from align.sections import TrackingConfig
 
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "wandb_run_id"
 MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 """Files at the top of a model dir that belong to the model (weights, configs, tokenizer, chat template)."""
-NOT_MODEL_FILES = {"summary.json", "lineage.json"}
-MODEL_SUBDIRS = ("merged", "value_model")
+NOT_MODEL_FILES = {SUMMARY, LINEAGE}
+MODEL_SUBDIRS = (MERGED_DIR, VALUE_MODEL_DIR)
 """Sub-dirs that hold models too (a LoRA run's merged copy, PPO's value model); checkpoints, plots, wandb are not."""
 
 
@@ -63,7 +63,7 @@ class Tracker:
         if not is_main:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.metrics_path = self.output_dir / METRICS_FILE
         self._file = self.metrics_path.open("a", encoding="utf-8")
         if cfg.backend == "wandb":
             self.run = self._start_wandb(run_config)
@@ -117,6 +117,23 @@ class Tracker:
         if self.run is not None:
             self.run.log(values, step=step)
 
+    def log_table(self, key: str, file_name: str, rows: list[dict[str, Any]], step: int) -> Path | None:
+        """Append the rows, each with its step, to `<output_dir>/<file_name>` (JSON lines); with a W&B run, also log
+        them as a `wandb.Table` under `key` (one table per call: W&B's step slider browses them). Main process only:
+        returns the file, or None elsewhere."""
+        if not self.is_main:
+            return None
+        path = self.output_dir / file_name
+        with path.open("a", encoding="utf-8") as file:
+            for row in rows:
+                file.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
+        if self.run is not None:
+            import wandb
+
+            columns = ["step", *rows[0]] if rows else ["step"]
+            self.run.log({key: wandb.Table(columns=columns, data=[[step, *row.values()] for row in rows])}, step=step)
+        return path
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
             for key, value in values.items():
@@ -139,6 +156,7 @@ class Tracker:
 
     def callback(self):
         """A transformers TrainerCallback forwarding the trainer's logs here."""
+        # Defined here so that importing this module does not import transformers (config loading stays light).
         from transformers import TrainerCallback
 
         tracker = self
@@ -236,7 +254,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(output_dir) / "metrics.jsonl"
+    path = Path(output_dir) / METRICS_FILE
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

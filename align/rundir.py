@@ -1,0 +1,168 @@
+"""The run-dir contract: the name of every file a stage (or `align pipeline`, `align eval`) writes into an output
+dir, the resume/overwrite rules, and the one writer of `summary.json`.
+
+A stage's output dir holds `checkpoint-N/` folders while training, then the final model, `config.yaml`,
+`metrics.jsonl`, `plots/` and `summary.json`, which is written last and marks the stage as finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from align.errors import ConfigError
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+    from align.observe.health import Alert
+    from align.sections import TrainConfig
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+"""Written last by every stage: its metrics and what else the run recorded (data, health, stopping...)."""
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
+"""Replies sampled while training (tracking.completions_every)."""
+SAMPLES_FILE = "samples.jsonl"
+"""PPO's rollouts in a stage dir; `align eval`'s sampled replies (one row per model and prompt) in an eval dir."""
+PLOTS_DIR = "plots"
+RUN_ID_FILE = "wandb_run_id"
+"""The W&B run id, so that a resumed stage continues the same W&B run."""
+MERGED_DIR = "merged"
+"""A LoRA run's adapter merged into the base weights (save_merged)."""
+VALUE_MODEL_DIR = "value_model"
+"""PPO's value model, in the output dir and in each checkpoint."""
+POLICY_DIR = "policy"
+"""PPO's policy (or its LoRA adapter) in each checkpoint."""
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE_FILE = "trainer_state.json"
+"""Written last into a checkpoint (by the TRL trainer, or by PPO), so it marks the checkpoint as complete."""
+BEST_FILE = "BEST"
+"""In the best checkpoint of an early-stopped run: the metric and its value."""
+LINEAGE = "lineage.json"
+"""`align pipeline`: a stage's inputs, written when it starts."""
+DONE = "DONE"
+"""`align pipeline`: written last, after summary.json: the stage finished with the config hash it records."""
+EVAL_FILE = "eval.json"
+EVAL_MARKDOWN_FILE = "eval.md"
+
+_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+_SUMMARY_KEYS = ("steps", "train_loss", "eval_loss", "eval_accuracy", "eval_rewards/accuracies",
+                 "eval_rewards/margins", "train_runtime_s", "tokens_per_s", "s_per_update", "objective/scores_first",
+                 "objective/scores", "objective/kl")
+
+
+@dataclass
+class StageResult:
+    stage: str
+    output_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items() if k in _SUMMARY_KEYS)
+        return f"{self.stage} done: {shown} -> {self.output_dir}"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def timestamp() -> str:
+    """Local time to the second, as run-dir records write it (`finished_at`, `started_at`, `created`)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def distributed_state() -> PartialState:
+    """accelerate's process state. Created with cpu=True when there is no GPU: otherwise processes started by
+    `accelerate launch --multi_gpu` on a CPU-only machine would each think they are alone."""
+    from accelerate import PartialState
+
+    from align import models
+
+    return PartialState(cpu=models.use_cpu())
+
+
+def is_main_process() -> bool:
+    """True on the process that writes files and logs (rank 0 under accelerate, or the only process)."""
+    return distributed_state().is_main_process
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoints(output_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(complete, incomplete) checkpoints, oldest first. TRAINER_STATE_FILE marks a checkpoint as complete."""
+    found = []
+    for path in output_dir.iterdir() if output_dir.is_dir() else []:
+        match = _CHECKPOINT.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    complete = [path for _, path in sorted(found) if (path / TRAINER_STATE_FILE).is_file()]
+    incomplete = [path for _, path in sorted(found) if path not in complete]
+    return complete, incomplete
+
+
+def prepare_output_dir(train: TrainConfig) -> str | None:
+    """Apply the resume/overwrite rules; return the checkpoint to resume from, if any.
+
+    Every process checks (so all raise the same error); only the main process moves or deletes files.
+    """
+    out = Path(train.output_dir)
+    complete, incomplete = checkpoints(out)
+    finished = (out / SUMMARY).is_file()
+    if not train.resume and (complete or finished) and not train.overwrite:
+        raise ConfigError(
+            f"train.output_dir: {out} already holds a run ({'finished' if finished else 'checkpoints'}). "
+            "Set train.resume=true to continue it, train.overwrite=true to start over, or choose another dir."
+        )
+    state = distributed_state()
+    if state.is_main_process:
+        for path in incomplete:
+            # Killed while writing: keep it for inspection, but out of the trainer's resume and rotation.
+            aside = path.with_name(f"incomplete-{path.name}")
+            log.warning("%s is incomplete (no %s); moved to %s", path, TRAINER_STATE_FILE, aside.name)
+            path.rename(aside)
+        if not train.resume and train.overwrite and (complete or finished):
+            log.info("train.overwrite=true: removing the previous run's checkpoints and summary in %s", out)
+            for path in complete:
+                shutil.rmtree(path)
+            for name in (SUMMARY, METRICS_FILE, COMPLETIONS_FILE, SAMPLES_FILE):
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / PLOTS_DIR, ignore_errors=True)
+    state.wait_for_everyone()
+    if not train.resume:
+        return None
+    if complete:
+        log.info("resuming from %s", complete[-1])
+        return str(complete[-1])
+    log.info("train.resume=true but %s holds no checkpoint; starting from the beginning", out)
+    return None
+
+
+def stopped_by(alert: Alert, output_dir: Path) -> dict[str, Any]:
+    """summary.json's "stopping" entry after a fatal health alert: why, and which checkpoint holds good weights."""
+    complete, _ = checkpoints(output_dir)
+    return {"reason": f"fatal health alert {alert.name} at step {alert.step}: {alert.message}",
+            "last_checkpoint": str(complete[-1]) if complete else None,
+            "final_model": "not saved: the weights in memory are broken; rerun with train.resume=true (after fixing "
+                           "the cause) to continue from the last checkpoint"}
+
+
+def write_summary(output_dir: Path, stage: str, metrics: dict[str, Any], **sections: Any) -> Path:
+    """Write summary.json, the stage's last file: its name, when it finished, its metrics, then `sections` in the
+    order given (data, dropped, parameters, health, stopping...). Main process only."""
+    record = {"stage": stage, "finished_at": timestamp(), "metrics": metrics, **sections}
+    path = output_dir / SUMMARY
+    path.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    return path
