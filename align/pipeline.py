@@ -23,13 +23,21 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from align import config, registry, rundir, stages
 from align.errors import AlignError, ConfigError
 from align.rundir import DONE, LINEAGE, StageResult
-from align.sections import ModelConfig, TrackingConfig
+from align.sections import DataConfig, ModelConfig, TrackingConfig
 from data_formats.readers import FILE_TYPES
+
+if TYPE_CHECKING:
+    from align.stages.dpo import DPOConfig
+    from align.stages.ppo import PPOConfig
+    from align.stages.reward import RewardConfig
+    from align.stages.sft import SFTConfig
+
+    StageConfig = SFTConfig | RewardConfig | DPOConfig | PPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +92,7 @@ class Plan:
 
     index: int
     name: str
-    cfg: Any
+    cfg: StageConfig
     inputs: dict[str, str]
     """Role (model, reference, reward_model, value_model) -> name_or_path."""
     config_hash: str
@@ -102,8 +110,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig
     """Load a pipeline YAML and every stage config in it. `<stage>.key=value` overrides go to that stage."""
     raw = config.read_yaml(path)
     names = {entry.get("name") for entry in raw.get("stages") or [] if isinstance(entry, dict)}
-    mine = [o for o in overrides or [] if o.split(".", 1)[0] not in names]
-    cfg = config.load_config(PipelineConfig, path, mine)
+    own = [o for o in overrides or [] if o.split(".", 1)[0] not in names]
+    cfg = config.load_config(PipelineConfig, path, own)
     for entry in cfg.stages:
         entry.overrides += [o.split(".", 1)[1] for o in overrides or [] if o.split(".", 1)[0] == entry.name]
     resolve(cfg)
@@ -137,22 +145,22 @@ def _resolve_stage(cfg: PipelineConfig, index: int, entry: StageEntry, inputs: d
     if declared != entry.name:
         raise ConfigError(f"this is a {declared!r} config; name the stage {declared!r} or use another")
     explicit = config.deep_merge(raw if entry.config is not None else {}, config.parse_overrides(entry.overrides))
-    if _get(explicit, "train.output_dir") is not None:
+    if config.get_dotted(explicit, "train.output_dir") is not None:
         raise ConfigError(f"train.output_dir: the pipeline writes this stage to {run_dir / entry.name}; remove the "
                           "key (or change run_dir)")
     for key in ("train.resume", "train.overwrite"):
-        if _get(explicit, key) is not None:
+        if config.get_dotted(explicit, key) is not None:
             raise ConfigError(f"{key}: the pipeline decides it (an interrupted stage resumes; --from and --force "
                               "start stages over); remove the key")
     layered = config.deep_merge({"model": config.to_dict(cfg.model)}, raw)
     tracking = {**_shared_tracking(cfg), "name": f"{cfg.tracking.name or run_dir.name}-{entry.name}"}
     layered = config.deep_merge(layered, {"train": {"output_dir": str(run_dir / entry.name)}, "tracking": tracking})
     wiring = {"model.name_or_path": inputs["policy"]}
-    if entry.name == "ppo" and inputs["reward"] is not None and _get(explicit, "reward_model") is None:
+    if entry.name == "ppo" and inputs["reward"] is not None and config.get_dotted(explicit, "reward_model") is None:
         wiring["reward_model.name_or_path"] = inputs["reward"]
     for key, value in wiring.items():
-        if _get(explicit, key) is None:
-            layered = config.deep_merge(layered, _nested(key, value))
+        if config.get_dotted(explicit, key) is None:
+            layered = config.deep_merge(layered, config.set_dotted({}, key, value))
     stage_cfg = stages.load(entry.name, None, entry.overrides, base=layered)
     return Plan(index, entry.name, stage_cfg, _inputs(stage_cfg), _config_hash(stage_cfg))
 
@@ -211,8 +219,8 @@ def _actions(plans: list[Plan], from_index: int | None, force: bool) -> dict[str
             if done.get("config_hash") != plan.config_hash:
                 raise ConfigError(f"{plan.label}: its config changed since it finished in {plan.out}. Rerun it and "
                                   f"the stages after it with --from {plan.name}, or every stage with --force")
-            rerun = [stage_of[p] for p in plan.inputs.values()
-                     if p in stage_of and actions.get(stage_of[p]) not in (None, "skip")]
+            rerun = [stage_of[path] for path in plan.inputs.values()
+                     if path in stage_of and actions.get(stage_of[path]) not in (None, "skip")]
             if rerun:
                 raise ConfigError(f"{plan.label}: finished, but its input stage {rerun[0]} will run again; "
                                   f"use --from {rerun[0]} to rerun both")
@@ -271,15 +279,15 @@ def _check_tokenizers(plans: list[Plan]) -> None:
                                   "template (they travel with the model; check model.chat_template)")
 
 
-def _inputs(stage_cfg: Any) -> dict[str, str]:
-    found = {"model": stage_cfg.model.name_or_path, "reference": getattr(stage_cfg, "reference", None)}
+def _inputs(stage_cfg: StageConfig) -> dict[str, str]:
+    by_role = {"model": stage_cfg.model.name_or_path, "reference": getattr(stage_cfg, "reference", None)}
     for role in ("reward_model", "value_model"):
         section = getattr(stage_cfg, role, None)
-        found[role] = getattr(section, "name_or_path", None)
-    return {role: name for role, name in found.items() if name is not None}
+        by_role[role] = getattr(section, "name_or_path", None)
+    return {role: name for role, name in by_role.items() if name is not None}
 
 
-def _config_hash(stage_cfg: Any) -> str:
+def _config_hash(stage_cfg: StageConfig) -> str:
     """Hash of what decides the stage's result: the config without run controls (resume/overwrite) and tracking."""
     values = config.to_dict(stage_cfg)
     values.pop("tracking", None)
@@ -325,7 +333,7 @@ def _lineage_record(plan: Plan, produced: dict[str, Plan], tokenizer: dict[str, 
             "started_at": rundir.timestamp()}
 
 
-def data_fingerprint(data_cfg: Any) -> dict[str, Any]:
+def data_fingerprint(data_cfg: DataConfig) -> dict[str, Any]:
     """sha256 of every local source file plus the format and mixing settings; hub datasets by id and split."""
     sources = []
     for split in ("train", "eval"):
@@ -336,20 +344,6 @@ def data_fingerprint(data_cfg: Any) -> dict[str, Any]:
     settings = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in ("train", "eval")}
     return {"fingerprint": _sha(json.dumps([sources, settings], sort_keys=True)), "sources": sources,
             "settings": settings}
-
-
-def _nested(dotted: str, value: Any) -> dict[str, Any]:
-    head, _, rest = dotted.partition(".")
-    return {head: _nested(rest, value) if rest else value}
-
-
-def _get(nested: dict[str, Any], dotted: str) -> Any:
-    node: Any = nested
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _lineage(out: Path) -> dict[str, Any]:

@@ -16,16 +16,19 @@ import logging
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import data_formats
 from align import config, models, reward_functions, rundir
-from align.errors import ConfigError, ModelError
+from align.errors import ConfigError
 from align.eval import baselines, judges, metrics, rankings, scoring
 from align.eval.config import EvalConfig
 from align.eval.report import plot_eval, render_markdown, sample_rows, write_outputs
 from align.generation import Generated, completion_stats, generate
 from align.sections import ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +163,6 @@ def load_policy(candidate: Candidate, device: str):
     return models.load_tokenizer(cfg, path), models.load_causal_lm(cfg, path).to(device).eval()
 
 
-def check_same_tokenizer(policy_tokenizer, other_tokenizer, name: str) -> None:
-    """KL and implicit rewards compare token log-probs, so both models must share vocabulary and chat template."""
-    if (policy_tokenizer.get_vocab() != other_tokenizer.get_vocab()
-            or policy_tokenizer.chat_template != other_tokenizer.chat_template):
-        raise ModelError(f"{name}: its tokenizer or chat template differs from the reference's; log-probs of the same "
-                         "text cannot be compared across them")
-
-
 def as_replies(texts: list[str]) -> list[list[dict]]:
     return [[{"role": "assistant", "content": text}] for text in texts]
 
@@ -176,7 +171,7 @@ def as_replies(texts: list[str]) -> list[list[dict]]:
 class Baseline:
     """What every policy is compared with: the reference model, its judge scores and its pair log-probs."""
 
-    model: Any
+    model: PreTrainedModel
     judge_scores: list[float] | None
     chosen_logps: list[float]
     rejected_logps: list[float]
@@ -216,7 +211,8 @@ def new_report(cfg: EvalConfig, data: EvalData, judge_spec: str | None) -> dict[
     return {
         "data": {"path": cfg.data, "format": data.format, "prompts": len(data.prompts), "pairs": len(data.pairs),
                  "skipped": data.skipped},
-        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("policy", "data", "reference", "judge", "out")},
+        "settings": {k: v for k, v in asdict(cfg).items()
+                     if k not in ("stage", "policy", "data", "reference", "judge", "out")},
         "judge": {"spec": judge_spec} if judge_spec else None,
         "reference": None,
         "policies": [],
@@ -254,7 +250,10 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
             continue  # the reference's own column is filled in above
         tokenizer, model = load_policy(candidate, device)
         if reference_tokenizer is not None:
-            check_same_tokenizer(tokenizer, reference_tokenizer, candidate.path)
+            # KL and implicit rewards compare the two models' log-probs of the same rendered conversations.
+            models.check_same_vocabulary(reference_tokenizer, tokenizer, other=candidate.path,
+                                         against=f"the reference {reference.path}", chat_template=True,
+                                         why="log-probs of the same text cannot be compared across them")
         judge = judge or judges.make_judge(spec, rule, tokenizer, device, cfg.batch_size)
         log.info("evaluating %s", candidate.path)
         result, generated = evaluate_model(cfg, data, model, tokenizer, judge, baseline)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from align import data, fused_head, models, ref_cache
-from align.errors import ConfigError, ModelError
+from align.errors import ConfigError
 from align.observe.tracking import Tracker
 from align.rundir import StageResult
 from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
@@ -120,8 +120,8 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     tokenizer = models.load_tokenizer(cfg.model, model_path)
 
     stage_data = data.load(cfg.data, "preference")
-    train_rows = _fit(stage_data.train, tokenizer, cfg, stage_data.dropped, "train")
-    eval_rows = _fit(stage_data.eval, tokenizer, cfg, stage_data.dropped, "eval")
+    train_rows = _pairs_within_length(stage_data.train, tokenizer, cfg, stage_data.dropped, "train")
+    eval_rows = _pairs_within_length(stage_data.eval, tokenizer, cfg, stage_data.dropped, "eval")
     if not train_rows:
         raise ConfigError(f"data.train: no usable pairs after formatting and length limits "
                           f"({dict(stage_data.dropped)})")
@@ -171,30 +171,24 @@ def run(cfg: DPOConfig) -> StageResult:
     return trainer_stage.run_trainer_stage(cfg, "dpo", build)
 
 
-def _fit(rows: list[dict], tokenizer, cfg: DPOConfig, dropped: Counter, split: str) -> list[dict]:
-    """The pairs that keep reply tokens within train.max_length, counting the others (TRL tokenizes them again)."""
-    max_length, kept, truncated = cfg.train.max_length, [], 0
-    for row in rows:
+def _pairs_within_length(rows: list[dict], tokenizer, cfg: DPOConfig, dropped: Counter, split: str) -> list[dict]:
+    """The pairs that keep reply tokens within train.max_length, counting the others. They stay untokenized: TRL
+    tokenizes them again and cuts the over-long ones to their first train.max_length tokens."""
+    max_length = cfg.train.max_length
+
+    def token_ids(row: dict) -> data.Encoding:
         template = {"tools": row.get("tools"), "tokenize": True, "return_dict": True}
+        ids = {side: tokenizer.apply_chat_template(row["prompt"] + row[side], **template)["input_ids"]
+               for side in ("chosen", "rejected")}
         prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, **template)["input_ids"]
-        if len(prompt) >= max_length:
-            dropped[f"{split}: prompt alone fills train.max_length={max_length}"] += 1
-            continue
-        longest = max(len(tokenizer.apply_chat_template(row["prompt"] + row[side], **template)["input_ids"])
-                      for side in ("chosen", "rejected"))
-        if longest > max_length:
-            if cfg.data.drop_long:
-                dropped[f"{split}: longer than train.max_length={max_length}"] += 1
-                continue
-            truncated += 1
-        kept.append(row)
-    if truncated:
-        log.info("%s: %d of %d pairs will be cut to %d tokens (their replies' ends are not trained)", split,
-                 truncated, len(rows), max_length)
-    for reason, count in dropped.items():
-        if reason.startswith(split):
-            log.warning("dropped %d pairs (%s)", count, reason)
-    return kept
+        return {"prompt": prompt, **ids}
+
+    def no_reply_token(ids: data.Encoding) -> str | None:
+        return f"prompt alone fills train.max_length={max_length}" if len(ids["prompt"]) >= max_length else None
+
+    fitted = data.fit_to_length(rows, token_ids, data.LengthLimit(max_length, cfg.data.drop_long), dropped=dropped,
+                                split=split, unusable=no_reply_token)
+    return [row for row, _ in fitted]
 
 
 def _load_models(cfg: DPOConfig, model_path: str, tokenizer) -> tuple[Any, Any, str]:
@@ -215,23 +209,16 @@ def _load_models(cfg: DPOConfig, model_path: str, tokenizer) -> tuple[Any, Any, 
     if cfg.reference is not None:
         reference_cfg = replace(cfg.model, name_or_path=cfg.reference, revision=None, chat_template=None,
                                 gradient_checkpointing=False, lora=LoraConfig())
-        reference = _frozen(models.load_causal_lm(reference_cfg))
-        _check_same_vocabulary(reference_cfg, tokenizer, cfg.model.name_or_path)
+        reference = models.frozen(models.load_causal_lm(reference_cfg))
+        policy_name = f"the policy {cfg.model.name_or_path!r}"
+        models.check_same_vocabulary(tokenizer, models.load_tokenizer(reference_cfg),
+                                     other=f"reference: {cfg.reference!r}", against=policy_name,
+                                     why="DPO scores the policy's token ids with it unchanged")
         return policy, reference, f"frozen {cfg.reference}"
     if cfg.precompute_ref_log_probs:
         return policy, None, f"log-probs of {starting}, precomputed before training"
     if cfg.model.lora.enabled:
         return policy, None, f"{starting}: the policy with its LoRA adapter disabled"
     reference_cfg = replace(cfg.model, gradient_checkpointing=False, lora=LoraConfig())
-    return policy, _frozen(models.load_causal_lm(reference_cfg, model_path)), f"frozen copy of {starting}"
+    return policy, models.frozen(models.load_causal_lm(reference_cfg, model_path)), f"frozen copy of {starting}"
 
-
-def _frozen(model):
-    return model.requires_grad_(False).eval()
-
-
-def _check_same_vocabulary(reference_cfg: ModelConfig, tokenizer, policy_name: str) -> None:
-    """The reference reads the policy's token ids, so the two must share a vocabulary."""
-    if models.load_tokenizer(reference_cfg).get_vocab() != tokenizer.get_vocab():
-        raise ModelError(f"reference: {reference_cfg.name_or_path!r} has a different vocabulary from the policy "
-                         f"{policy_name!r}; DPO scores the policy's token ids with it unchanged")

@@ -8,13 +8,14 @@ occur (TRL 1.12's convention), so the pad token must be one that real text never
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from align import chat, generation, reward_functions, rl
+from align import chat, data, generation, reward_functions, rl
 from align.stages.ppo.config import PPOSection
 
 
@@ -63,20 +64,18 @@ class PromptStream:
         self.taken = state["taken"]
 
 
-def tokenize_prompts(tokenizer, rows: list[dict], limit: int, drop_long: bool) -> tuple[list[list[int]], int]:
-    """Chat-template each prompt row with the generation prompt. A prompt over `limit` tokens loses its start (the
-    end holds the generation prompt), or with `drop_long` is dropped. Returns the prompts and how many were long."""
-    prompts, too_long = [], 0
-    for row in rows:
+def tokenize_prompts(tokenizer, rows: list[dict], limit: int, drop_long: bool, dropped: Counter) -> list[list[int]]:
+    """Chat-template each prompt row with the generation prompt. A prompt over `limit` tokens keeps its last ones
+    (the end holds the generation prompt), or with `drop_long` is dropped and counted in `dropped`."""
+
+    def token_ids(row: dict) -> data.Encoding:
         text = chat.render(tokenizer, row["prompt"], tools=row.get("tools"), add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > limit:
-            too_long += 1
-            if drop_long:
-                continue
-            ids = ids[-limit:]
-        prompts.append(ids)
-    return prompts, too_long
+        return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+
+    fitted = data.fit_to_length(rows, token_ids, data.LengthLimit(limit, drop_long, keep="end",
+                                                                  too_long=f"prompt over {limit} tokens"),
+                                dropped=dropped, split="train")
+    return [ids["input_ids"] for _, ids in fitted]
 
 
 def masked_inputs(ids: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:

@@ -78,12 +78,8 @@ def build(cfg: PPOConfig, resume_from: str | None = None) -> PPOBuild:
         raise ModelError(f"model: the tokenizer of {cfg.model.name_or_path!r} has no pad token other than EOS; PPO "
                          "needs one to tell a finished reply from padding")
     stage_data = data.load(cfg.data, "prompt")
-    limit = cfg.train.max_length - ppo_cfg.response_length
-    prompts, too_long = tokenize_prompts(tokenizer, stage_data.train, limit, cfg.data.drop_long)
-    if too_long:
-        stage_data.dropped.update({f"train: prompt over {limit} tokens": too_long} if cfg.data.drop_long else {})
-        log.info("%d prompts over train.max_length - ppo.response_length = %d tokens: %s", too_long, limit,
-                 "dropped" if cfg.data.drop_long else "kept their last tokens")
+    prompts = tokenize_prompts(tokenizer, stage_data.train, cfg.train.max_length - ppo_cfg.response_length,
+                               cfg.data.drop_long, stage_data.dropped)
     if len(prompts) < rollout_batch:
         raise ConfigError(f"ppo.rollout_batch_size: {rollout_batch} is more than the {len(prompts)} prompts")
 
@@ -146,12 +142,16 @@ def _load_models(cfg: PPOConfig, tokenizer: PreTrainedTokenizerBase, checkpoint:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = reward = None
     if cfg.reference is not None or not lora:  # the starting policy, loaded again from its checkpoint
-        reference = _frozen(models.load_causal_lm(*_frozen_model_config(cfg, cfg.reference or cfg.model.name_or_path)))
+        reference = models.frozen(models.load_causal_lm(
+            *_frozen_model_config(cfg, cfg.reference or cfg.model.name_or_path)))
     if cfg.reward_model.name_or_path is not None:
-        reward = _frozen(models.load_sequence_classifier(*_frozen_model_config(cfg, cfg.reward_model.name_or_path),
-                                                         pad_token_id=pad))
+        reward = models.frozen(models.load_sequence_classifier(
+            *_frozen_model_config(cfg, cfg.reward_model.name_or_path), pad_token_id=pad))
     for name in {cfg.reference, cfg.reward_model.name_or_path, value_source} - {None, cfg.model.name_or_path}:
-        _check_same_vocabulary(cfg, tokenizer, name)
+        models.check_same_vocabulary(
+            tokenizer, models.load_tokenizer(*_frozen_model_config(cfg, name)), other=repr(name),
+            against=f"the policy {cfg.model.name_or_path!r}",
+            why="PPO feeds the policy's token ids to the reward, value and reference models unchanged")
     return policy, value_model, reference, reward
 
 
@@ -162,16 +162,3 @@ def _frozen_model_config(cfg: PPOConfig, name_or_path: str) -> tuple[ModelConfig
     side = replace(cfg.model, name_or_path=name_or_path, revision=revision, chat_template=None,
                    gradient_checkpointing=False, lora=replace(cfg.model.lora, enabled=False, quantize_4bit=False))
     return side, models.resolve_path(name_or_path)
-
-
-def _frozen(model: PreTrainedModel) -> PreTrainedModel:
-    models.disable_dropout(model)
-    return model.requires_grad_(False).eval()
-
-
-def _check_same_vocabulary(cfg: PPOConfig, tokenizer: PreTrainedTokenizerBase, name_or_path: str) -> None:
-    """Reward, value and reference models read the policy's token ids directly, so they must share its vocabulary."""
-    other = models.load_tokenizer(*_frozen_model_config(cfg, name_or_path))
-    if other.get_vocab() != tokenizer.get_vocab():
-        raise ModelError(f"{name_or_path!r} has a different vocabulary from the policy {cfg.model.name_or_path!r}; "
-                         "PPO feeds the policy's token ids to the reward, value and reference models unchanged")
