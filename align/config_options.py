@@ -3,6 +3,7 @@
 Each field becomes `--field-name`, typed from its annotation, with the docstring under the field as help. Only the
 options given on the command line come back (`given_options`), as KEY=VALUE overrides for `config.load_config`: the
 strict loader then checks them like a YAML file's keys, and the config's own defaults apply to the rest.
+A field named `stage` is no option: it names what a saved config.yaml configures, for `align validate`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def field_docs(schema: type) -> dict[str, str]:
     return docs
 
 
+def option_fields(schema: type) -> list[dataclasses.Field]:
+    """The fields of `schema` that are command-line options: all but `stage`."""
+    return [f for f in dataclasses.fields(schema) if f.name != "stage"]
+
+
 def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
@@ -52,7 +58,7 @@ def add_options(parser: argparse.ArgumentParser, schema: type) -> None:
     and a --config file can fill them."""
     hints = typing.get_type_hints(schema)
     docs = field_docs(schema)
-    for f in dataclasses.fields(schema):
+    for f in option_fields(schema):
         kind = _scalar_type(schema, f.name, hints[f.name])
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             note = " (required)"
@@ -73,4 +79,4 @@ def add_options(parser: argparse.ArgumentParser, schema: type) -> None:
 def given_options(args: argparse.Namespace, schema: type) -> list[str]:
     """The fields given as options, as `field=value` overrides; JSON writes each value as YAML reads it back (a
     string stays a string, whatever it spells)."""
-    return [f"{f.name}={json.dumps(getattr(args, f.name))}" for f in dataclasses.fields(schema) if hasattr(args, f.name)]
+    return [f"{f.name}={json.dumps(getattr(args, f.name))}" for f in option_fields(schema) if hasattr(args, f.name)]

@@ -2,42 +2,49 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from align import config, stages
 from align.errors import USER_ERRORS
 
+# `stage:` value -> (module, config class) of the configs that are neither a stage's nor a pipeline's: a sweep, and
+# the config.yaml that `align eval` and `align probe` save. Imported on demand, so validating stays torch-free.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sweep": ("align.sweep", "SweepConfig"),
+    "eval": ("align.eval.config", "EvalConfig"),
+    "probe": ("align.probe.config", "ProbeConfig"),
+}
+
 
 def find_yaml(paths: list[Path]) -> list[Path]:
-    found: list[Path] = []
+    files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
         else:
-            found.append(path)
-    return found
+            files.append(path)
+    return files
 
 
 def validate_file(path: Path) -> None:
     """Raise the user error that loading `path` produces, if any."""
     raw = config.read_yaml(path)
-    if raw.get("stage") == "sweep":
-        from align import sweep
-
-        config.load_config(sweep.SweepConfig, path)
-    elif raw.get("stage") == "pipeline":
+    kind = str(raw["stage"]) if "stage" in raw else None
+    if kind == "pipeline":
         from align import pipeline
 
-        pipeline.load(path)
-    elif "stage" in raw:
-        stages.load(str(raw["stage"]), path)
+        pipeline.load(path)  # its stage configs too
+    elif kind in COMMANDS:
+        module, name = COMMANDS[kind]
+        config.load_config(getattr(importlib.import_module(module), name), path)
+    elif kind is not None:
+        stages.load(kind, path)
     elif "compute_environment" in raw or "distributed_type" in raw:
         _validate_accelerate(path)
     else:
-        raise config.ConfigError(
-            f"cannot tell what this file configures: add `stage: <{'|'.join([*stages.STAGES, 'pipeline', 'sweep'])}>` "
-            "at the top"
-        )
+        kinds = "|".join([*stages.STAGES, "pipeline", *COMMANDS])
+        raise config.ConfigError(f"cannot tell what this file configures: add `stage: <{kinds}>` at the top")
 
 
 def _validate_accelerate(path: Path) -> None:

@@ -81,6 +81,23 @@ def test_validate_reports_bad_file_exit_2(tmp_path, capsys):
     assert "data: required field is missing" in out and "train: required field is missing" in out
 
 
+def test_validate_reads_the_configs_eval_and_probe_save(tmp_path, capsys):
+    from align import config
+    from align.eval import EvalConfig
+    from align.probe import ProbeConfig
+
+    config.save_config(EvalConfig(policy="policy", data="pairs.jsonl"), tmp_path / "eval")
+    probe_file = config.save_config(ProbeConfig(reward_model="reward", data="pairs.jsonl"), tmp_path / "probe")
+    assert cli.main(["validate", str(tmp_path)]) == 0
+    assert " 0 invalid" in capsys.readouterr().out
+
+    probe_file.write_text(probe_file.read_text().replace("num_samples:", "num_sample:"))
+    assert cli.main(["validate", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert f"ok      {tmp_path / 'eval' / 'config.yaml'}" in out
+    assert "num_sample: unknown key. Did you mean 'num_samples'?" in out
+
+
 def test_models_list(capsys):
     assert cli.main(["models", "list"]) == 0
     assert "smollm2-135m-instruct" in capsys.readouterr().out

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalConfig:
     """The options of `align eval`."""
 
+    stage: Literal["eval"] = "eval"
+    """Names the command this file configures, so `align validate` can tell (not an option)."""
     policy: str
     """A policy checkpoint dir (or LoRA adapter dir), or a pipeline run dir to compare its stages."""
     data: str

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProbeConfig:
     """The options of `align probe`."""
 
+    stage: Literal["probe"] = "probe"
+    """Names the command this file configures, so `align validate` can tell (not an option)."""
     reward_model: str
     """The reward model to probe: a reward stage's output dir (or any one-label sequence classifier)."""
     data: str
