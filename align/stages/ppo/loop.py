@@ -75,7 +75,8 @@ def _train(cfg: PPOConfig, run: lifecycle.StageRun) -> StageResult:
         saved = checkpoint.save_final(parts, out, merged=cfg.save_merged)
         tracker.log_model(out)
     result = run.finish(totals, fatal=reporter.fatal, at="update", data=parts.stage_data.report,
-                        dropped=dict(parts.stage_data.dropped), **saved, health=reporter.summary())
+                        dropped=dict(parts.stage_data.dropped), **saved, health=reporter.summary(),
+                        **({"probe": parts.probe} if parts.probe else {}))
     accelerator.wait_for_everyone()
     return result
 

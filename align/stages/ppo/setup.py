@@ -6,11 +6,12 @@ The reference, reward and value models read the policy's token ids unchanged, so
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +50,8 @@ class PPOBuild:
     kl_controller: rl.FixedKLController | rl.AdaptiveKLController
     total_updates: int
     stage_data: data.StageData
+    probe: dict[str, Any] | None = None
+    """The reward model's exploit probe (probe.json), when one ran."""
 
 
 def build(cfg: PPOConfig, resume_from: str | None = None) -> PPOBuild:
@@ -96,15 +99,7 @@ def build(cfg: PPOConfig, resume_from: str | None = None) -> PPOBuild:
     for frozen in (reference, reward):
         if isinstance(frozen, torch.nn.Module):
             frozen.to(accelerator.device)
-    if isinstance(reward, torch.nn.Module) and cfg.reward_model.probe and resume_from is None:
-        from align.probe import gate
-
-        gate.check_reward_model(
-            reward, tokenizer, policy, [row["prompt"] for row in stage_data.train[:cfg.reward_model.probe_prompts]],
-            name=cfg.reward_model.name_or_path, threshold=cfg.reward_model.probe_threshold,
-            max_new_tokens=ppo_cfg.response_length, out=Path(cfg.train.output_dir),
-            batch_size=ppo_cfg.micro_batch, seed=cfg.train.seed,
-            override="reward_model.probe_threshold=1.0 (record the probe, never refuse) or reward_model.probe=false")
+    probe = _probe_reward_model(cfg, reward, tokenizer, policy, stage_data, resume_from)
     stream = PromptStream(prompts, rollout_batch, rank=accelerator.process_index, world=world,
                           generator=None if ppo_cfg.trl_parity else torch.Generator().manual_seed(cfg.train.seed))
     kl_controller = (rl.AdaptiveKLController(ppo_cfg.kl_coef, ppo_cfg.kl_target, ppo_cfg.kl_horizon)
@@ -116,7 +111,28 @@ def build(cfg: PPOConfig, resume_from: str | None = None) -> PPOBuild:
              "adapters disabled" if reference is None else "frozen copy",
              cfg.reward_model.function or cfg.reward_model.name_or_path)
     return PPOBuild(accelerator, tokenizer, policy, value_model, model, reference, reward, optimizer, scheduler,
-                    stream, Sampler.create(ppo_cfg, tokenizer), kl_controller, total, stage_data)
+                    stream, Sampler.create(ppo_cfg, tokenizer), kl_controller, total, stage_data, probe)
+
+
+def _probe_reward_model(cfg: PPOConfig, reward: PreTrainedModel | reward_functions.RewardFunction,
+                        tokenizer: PreTrainedTokenizerBase, policy: PreTrainedModel | PeftModel,
+                        stage_data: data.StageData, resume_from: str | None) -> dict[str, Any] | None:
+    """The exploit probe of a reward model (align.probe.gate), run before the first update; a resumed run reports
+    the probe its first start wrote."""
+    if not isinstance(reward, torch.nn.Module) or not cfg.reward_model.probe:
+        return None
+    from align.probe import gate, results
+
+    out = Path(cfg.train.output_dir)
+    if resume_from is not None:
+        written = out / results.PROBE_FILE
+        return json.loads(written.read_text(encoding="utf-8")) if written.is_file() else None
+    return gate.check_reward_model(
+        reward, tokenizer, policy, [row["prompt"] for row in stage_data.train[:cfg.reward_model.probe_prompts]],
+        name=cfg.reward_model.name_or_path, threshold=cfg.reward_model.probe_threshold,
+        max_new_tokens=cfg.ppo.response_length, out=out, batch_size=cfg.ppo.micro_batch, seed=cfg.train.seed,
+        override="reward_model.probe_threshold=1.0 (record the probe, never refuse) or reward_model.probe=false",
+    ).to_dict()
 
 
 def _load_models(cfg: PPOConfig, tokenizer: PreTrainedTokenizerBase, checkpoint: Path | None) -> tuple[

@@ -37,4 +37,4 @@ def test_the_override_records_the_probe_and_trains(tmp_path, make_cfg, tiny_mode
     assert probe["passed"] and probe["threshold"] == 1.0
     assert set(probe["variants"]) >= {"ngram_loop", "list_spam", "filler", "empty"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"]["steps"] == 1
+    assert summary["metrics"]["steps"] == 1 and summary["probe"] == probe
