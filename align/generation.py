@@ -8,6 +8,7 @@ pad token (which is not the EOS here), so a reply is its tokens up to and includ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 REPEAT_NGRAM = 4
 """A reply counts as repetitive when some run of this many tokens occurs in it twice."""
+
+Progress = Callable[[int], None]
+"""Told how many rows a step just finished, e.g. a tqdm bar's `update`."""
 
 
 @dataclass
@@ -83,7 +87,7 @@ def generation_config(tokenizer, max_new_tokens: int, temperature: float, *, top
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, batch_size: int = 8) -> Generated:
+             seed: int = 0, batch_size: int = 8, progress: Progress | None = None) -> Generated:
     """Sample one reply per prompt, `batch_size` prompts at a time.
 
     The same prompts, seed and batch size give the same replies. The global torch random state is saved and
@@ -97,6 +101,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         temperature: sampling temperature; 0 decodes greedily.
         seed: seed for sampling.
         batch_size: prompts per generate call.
+        progress: told the number of prompts of each batch done (a progress bar's `update`).
     """
     import torch
 
@@ -123,6 +128,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
                 for row, length in zip(cut.tolist(), lengths.tolist(), strict=True):
                     responses.append(row[:length])
                     has_eos.append(row[length - 1] == eos)
+                if progress:
+                    progress(len(lengths))
     finally:
         model.train(was_training)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)

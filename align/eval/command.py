@@ -24,7 +24,7 @@ from align.errors import ConfigError
 from align.eval import baselines, judges, metrics, rankings, scoring
 from align.eval.config import EvalConfig
 from align.eval.report import plot_eval, render_markdown, sample_rows, write_outputs
-from align.generation import Generated, completion_stats, generate
+from align.generation import Generated, Progress, completion_stats, generate
 from align.sections import ModelConfig
 
 if TYPE_CHECKING:
@@ -177,14 +177,27 @@ class Baseline:
     rejected_logps: list[float]
 
 
-def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge,
-                   baseline: Baseline | None) -> tuple[dict[str, Any], Generated]:
+def progress_bar(name: str, total: int):
+    """A bar with an ETA over the rows one model's passes go through (sampling, judging, log-probs, KL)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"eval {name}", unit="row", dynamic_ncols=True)
+
+
+def rows_to_pass(data: EvalData, judge, *, compared: bool) -> int:
+    """How many rows `evaluate_model` passes through: sampling and judging each prompt, and against a baseline each
+    pair's two replies and each sample's KL (a policy pass and a reference pass)."""
+    return len(data.prompts) * (1 + bool(judge) + 2 * compared) + 2 * len(data.pairs) * compared
+
+
+def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge, baseline: Baseline | None,
+                   progress: Progress | None = None) -> tuple[dict[str, Any], Generated]:
     """One model's metrics: its sampled replies, and with a baseline, pairs and samples compared with it."""
     generated = generate(model, tokenizer, data.prompts, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
+                         temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
     generation: dict[str, Any] = dict(completion_stats(generated))
     per_sample: dict[str, list[float]] = {"length": [len(r) for r in generated.responses]}
-    scores = judge.score(data.prompts, as_replies(generated.texts)) if judge else None
+    scores = judge.score(data.prompts, as_replies(generated.texts), progress) if judge else None
     if scores is not None:
         generation["judge_score_mean"] = sum(scores) / len(scores)
         per_sample["judge_score"] = scores
@@ -192,11 +205,11 @@ def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge,
     if baseline is None:
         return result, generated
     if data.pairs:
-        chosen, rejected = scoring.pair_logps(model, tokenizer, data.pairs, cfg.batch_size)
+        chosen, rejected = scoring.pair_logps(model, tokenizer, data.pairs, cfg.batch_size, progress)
         result["pairs"], per_sample["implicit_margin"] = metrics.implicit_reward_metrics(
             chosen, rejected, baseline.chosen_logps, baseline.rejected_logps, cfg.beta)
     kl = scoring.kl_per_sample(model, baseline.model, generated, tokenizer.pad_token_id, cfg.kl_estimator,
-                               cfg.batch_size)
+                               cfg.batch_size, progress)
     generation["kl"] = sum(kl) / len(kl)
     if scores is not None and baseline.judge_scores is not None:
         outcomes = metrics.win_outcomes(scores, baseline.judge_scores)
@@ -233,13 +246,14 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
     if reference is not None:
         reference_tokenizer, model = load_policy(reference, device)
         judge = judges.make_judge(spec, rule, reference_tokenizer, device, cfg.batch_size)
-        result, generated = evaluate_model(cfg, data, model, reference_tokenizer, judge, None)
+        prompts = [row["prompt"] for row in data.pairs]
+        with progress_bar(reference.name, rows_to_pass(data, judge, compared=False) + 2 * len(data.pairs)) as bar:
+            result, generated = evaluate_model(cfg, data, model, reference_tokenizer, judge, None, bar.update)
+            chosen, rejected = (scoring.reply_logps_and_lengths(model, reference_tokenizer, prompts,
+                                                                [row[side] for row in data.pairs], cfg.batch_size,
+                                                                bar.update) for side in ("chosen", "rejected"))
         report["reference"] = {"name": reference.name, "path": reference.path, **result}
         samples += sample_rows(reference.name, data.prompts, generated, result["per_sample"].get("judge_score"))
-        prompts = [row["prompt"] for row in data.pairs]
-        chosen, rejected = (scoring.reply_logps_and_lengths(model, reference_tokenizer, prompts,
-                                                            [row[side] for row in data.pairs], cfg.batch_size)
-                            for side in ("chosen", "rejected"))
         baseline = Baseline(model, result["per_sample"].get("judge_score"), chosen[0], rejected[0])
         if data.pairs:
             pair_rankings.update(rankings.length_rankings(data.pairs))
@@ -256,7 +270,8 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
                                          why="log-probs of the same text cannot be compared across them")
         judge = judge or judges.make_judge(spec, rule, tokenizer, device, cfg.batch_size)
         log.info("evaluating %s", candidate.path)
-        result, generated = evaluate_model(cfg, data, model, tokenizer, judge, baseline)
+        with progress_bar(candidate.name, rows_to_pass(data, judge, compared=baseline is not None)) as bar:
+            result, generated = evaluate_model(cfg, data, model, tokenizer, judge, baseline, bar.update)
         report["policies"].append({"name": candidate.name, "path": candidate.path, **result})
         if "implicit_margin" in result["per_sample"]:
             margins = result["per_sample"]["implicit_margin"]
@@ -266,8 +281,9 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
         gc.collect()
     if judge is not None and data.pairs:
         prompts = [row["prompt"] for row in data.pairs]
-        judged_chosen = judge.score(prompts, [row["chosen"] for row in data.pairs])
-        judged_rejected = judge.score(prompts, [row["rejected"] for row in data.pairs])
+        with progress_bar("judge on pairs", 2 * len(data.pairs)) as bar:
+            judged_chosen = judge.score(prompts, [row["chosen"] for row in data.pairs], bar.update)
+            judged_rejected = judge.score(prompts, [row["rejected"] for row in data.pairs], bar.update)
         report["judge"]["pairs"] = metrics.judge_pair_metrics(judged_chosen, judged_rejected)
         pair_rankings[JUDGE_RANKING] = baselines.outcomes(judged_chosen, judged_rejected)
     if pair_rankings:

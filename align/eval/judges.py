@@ -8,6 +8,7 @@ from typing import Literal
 
 from align import chat, generation, models, reward_functions
 from align.errors import ConfigError
+from align.generation import Progress
 from align.sections import ModelConfig
 
 
@@ -44,7 +45,7 @@ class RewardModelJudge:
         model = models.load_sequence_classifier(cfg, pad_token_id=tokenizer.pad_token_id)
         return cls(model.to(device).eval(), tokenizer, batch_size)
 
-    def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
+    def score(self, prompts: list[list[dict]], replies: list[list[dict]], progress: Progress | None = None) -> list[float]:
         import torch
 
         rows = [self.tokenizer(chat.reward_text(self.tokenizer, prompt, reply), add_special_tokens=False)["input_ids"]
@@ -55,6 +56,8 @@ class RewardModelJudge:
                 ids, mask = generation.padded(rows[start:start + self.batch_size], self.tokenizer.pad_token_id,
                                               self.model.device, side="right")
                 scores.extend(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist())
+                if progress:
+                    progress(len(ids))
         return scores
 
 
@@ -66,11 +69,14 @@ class RuleJudge:
         self.fn = fn
         self.tokenizer = tokenizer
 
-    def score(self, prompts: list[list[dict]], replies: list[list[dict]]) -> list[float]:
+    def score(self, prompts: list[list[dict]], replies: list[list[dict]], progress: Progress | None = None) -> list[float]:
         prompt_texts = [self.tokenizer.decode(generation.prompt_ids(self.tokenizer, prompt), skip_special_tokens=True)
                         for prompt in prompts]
         texts = ["\n".join(message["content"] for message in reply) for reply in replies]
-        return reward_functions.scores(self.fn, prompt_texts, texts, "--judge")
+        scores = reward_functions.scores(self.fn, prompt_texts, texts, "--judge")
+        if progress:
+            progress(len(scores))
+        return scores
 
 
 def make_judge(spec: JudgeSpec | None, rule: reward_functions.RewardFunction | None, tokenizer, device: str,

@@ -208,3 +208,32 @@ def test_pipeline_run_compares_its_stages_against_the_first(tmp_path, prompts_fi
     assert "win_rate" in report["policies"][0]["generation"]
     assert "| metric | sft (reference) | dpo |" in result.markdown
     assert (run_dir / "eval" / "eval.md").read_text() == result.markdown
+
+
+def test_every_pass_shows_progress_that_ends_at_its_total(tmp_path, pairs_file, tiny_model_dir, policy_dir,
+                                                          tiny_reward_model_dir, monkeypatch):
+    """Each model gets a bar whose total is exactly the rows its passes go through, so the ETA is right."""
+    bars = []
+
+    class Bar:
+        def __init__(self, name, total):
+            self.name, self.total, self.n = name, total, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(command, "progress_bar", Bar)
+    cfg = EvalConfig(policy=str(policy_dir), reference=str(tiny_model_dir), data=str(pairs_file),
+                     judge=f"reward:{tiny_reward_model_dir}", out=str(tmp_path / "eval"), max_new_tokens=4,
+                     num_samples=3, batch_size=2)
+    command.run(cfg)
+    assert [(bar.name, bar.total) for bar in bars] == [
+        (tiny_model_dir.name, 3 + 3 + 2 * 3), (policy_dir.name, 3 + 3 + 2 * 3 + 2 * 3), ("judge on pairs", 2 * 3)]
+    assert all(bar.n == bar.total for bar in bars)
