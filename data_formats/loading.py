@@ -92,7 +92,7 @@ def load_source(source: Source | str, kind: str, *, on_error: str = "raise") -> 
     rows, report = convert_source(source, kind, on_error)
     if on_error == "raise" and report.problems:
         raise InvalidRowsError(report.error_message(), report)
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())  # callers report it (align.data logs it, `align data convert` prints it)
     return Loaded(rows, report)
 
 

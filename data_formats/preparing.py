@@ -134,7 +134,7 @@ def prepare(
         raise DataFormatError(f"no train rows left from {paths}:\n{report.summary()}")
     report.removed = dict(removed)
     report.train_rows, report.eval_rows = len(train_rows), len(eval_rows)
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())  # callers report it (align.data logs it, `align data convert` prints it)
     # Deduplication and splitting keep the row objects, so identity finds each eval row's source.
     origin = {id(row): source.path for item, source in zip(loaded + loaded_eval, train_sources + eval_sources)
               for row in item.rows}

@@ -106,3 +106,15 @@ def test_models_list(capsys):
 def test_unknown_alias_pull_exits_2(capsys):
     assert cli.main(["models", "pull", "no-such-model"]) == 2
     assert "unknown model alias" in capsys.readouterr().err
+
+
+def test_data_convert_shows_its_summary_once(tmp_path, capsys, caplog):
+    """The summary is printed by the command, not also logged by the library it calls."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    source = Path(__file__).resolve().parents[1] / "examples" / "data" / "preference.jsonl"
+    assert cli.main(["data", "convert", str(source), "--kind", "preference", "--out", str(tmp_path / "out.jsonl")]) == 0
+    summary = "trl_preference -> preference (auto: 40/40 sampled rows match); 40 rows in, 40 out"
+    assert capsys.readouterr().out.count(summary) == 1
+    assert not [r for r in caplog.records if summary in r.getMessage()]
