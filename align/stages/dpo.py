@@ -17,7 +17,10 @@ from __future__ import annotations
 import difflib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 from align import data, fused_head, models, ref_cache
@@ -28,6 +31,8 @@ from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, 
 from align.stages import trainer as trainer_stage
 
 log = logging.getLogger(__name__)
+
+MODEL_RANKING = "dpo implicit reward"
 
 # The losses trl.DPOTrainer 1.16 implements (its loss dispatch has no public list to import).
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -68,6 +73,9 @@ class DPOConfig:
     """With LoRA: also save the policy merged into its base weights under <output_dir>/merged."""
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra trl.DPOConfig fields we do not expose, checked against that class; for experts."""
+    held_out_checks: bool = True
+    """After training, on the eval pairs: the saved policy's implicit-reward accuracy beside the baselines it must
+    beat (longer / shorter reply, the reference's own log-prob margin), with 95% intervals per source."""
 
     def check(self) -> list[str]:
         problems = []
@@ -163,8 +171,44 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     trainable, total = models.count_parameters(trainer.model)
     log.info("dpo: %s, %d train / %d eval pairs, %s of %s parameters trainable; reference: %s",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}", described)
+    origins = dict(zip(map(id, stage_data.eval), stage_data.eval_origins, strict=True))
+    checks = _held_out_checks(cfg, eval_rows, [origins[id(row)] for row in eval_rows], tokenizer)
     return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
-                                      callbacks=stage_callbacks, summary=summary)
+                                      callbacks=stage_callbacks, summary=summary,
+                                      held_out_checks=checks if cfg.held_out_checks else None)
+
+
+def _held_out_checks(cfg: DPOConfig, pairs: list[dict], origins: list[str],
+                     tokenizer) -> Callable[[Path], dict[str, Any]]:
+    """The saved policy's implicit-reward ranking of the eval pairs beside its baselines (align.eval.baselines)."""
+
+    def checks(out: Path) -> dict[str, Any]:
+        from align.eval import baselines, metrics, rankings, scoring
+
+        device = "cpu" if models.use_cpu() else "cuda"
+        reference_cfg = replace(cfg.model, name_or_path=cfg.reference or cfg.model.name_or_path,
+                                revision=None if cfg.reference else cfg.model.revision, gradient_checkpointing=False,
+                                lora=LoraConfig())
+        prompts = [row["prompt"] for row in pairs]
+        logps = {}
+        for name, model_cfg in (("policy", replace(reference_cfg, name_or_path=str(out), revision=None)),
+                                ("reference", reference_cfg)):
+            model = models.frozen(models.load_causal_lm(model_cfg, models.resolve_path(model_cfg.name_or_path)))
+            logps[name] = [scoring.reply_logps_and_lengths(model.to(device), tokenizer, prompts,
+                                                           [row[side] for row in pairs], cfg.train.batch_size)
+                           for side in ("chosen", "rejected")]
+            del model
+        (policy_c, _), (policy_r, _) = logps["policy"]
+        (reference_c, _), (reference_r, _) = logps["reference"]
+        implicit = baselines.outcomes([p - r for p, r in zip(policy_c, reference_c, strict=True)],
+                                      [p - r for p, r in zip(policy_r, reference_r, strict=True)])
+        ranked = {MODEL_RANKING: implicit, **rankings.length_rankings(pairs),
+                  **rankings.log_prob_rankings(*logps["reference"])}
+        table = baselines.table(ranked, origins, partial(metrics.bootstrap_ci, seed=cfg.train.seed))
+        log.info("dpo: held-out pairs\n%s", baselines.markdown(table, [MODEL_RANKING]))
+        return {"held_out": {"pairs": len(pairs), "accuracy": table}}
+
+    return checks
 
 
 def run(cfg: DPOConfig) -> StageResult:

@@ -74,6 +74,23 @@ def test_dpo_full_finetune_moves_policy_not_reference(tmp_path, tiny_model_dir, 
     assert summary["reference"].startswith("frozen copy of the starting policy")
     assert config.load_config(DPOConfig, out / "config.yaml").beta == 0.5
 
+    # Held-out checks: the saved policy's implicit-reward ranking against the reference, beside the baselines.
+    from align.eval import scoring
+
+    tokenizer = models.load_tokenizer(ModelConfig(name_or_path=str(out)))
+    pairs = [json.loads(line) for line in pair_files[1].read_text().splitlines()]
+    prompts = [p["prompt"] for p in pairs]
+    margin = {}
+    for name, path in (("policy", out), ("reference", tiny_model_dir)):
+        model = models.load_causal_lm(ModelConfig(name_or_path=str(path))).eval()
+        margin[name] = [c - r for c, r in zip(*(scoring.reply_logps(model, tokenizer, prompts, [p[side] for p in pairs],
+                                                                    8) for side in ("chosen", "rejected")))]
+    implicit = [1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(margin["policy"], margin["reference"])]
+    table = summary["held_out"]["accuracy"]["all"]
+    assert table["dpo implicit reward"]["accuracy"] == sum(implicit) / 4
+    assert table["starting policy log-prob margin"]["accuracy"] == sum(m > 0 for m in margin["reference"]) / 4
+    assert table["longer reply"]["accuracy"] == 3.5 / 4  # as in test_reward: the same 4 eval pairs
+
 
 def _decoder_layers() -> int:
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
