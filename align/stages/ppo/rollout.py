@@ -57,7 +57,9 @@ class PromptStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replay the current pass's shuffle and skip the batches already taken (cheap: nothing is tokenized)."""
-        self._rng.set_state(state["pass_start"])
+        # Kept as the pass start too: the next checkpoint within this pass stores it again.
+        self._pass_start = state["pass_start"]
+        self._rng.set_state(self._pass_start)
         self._iter, self.passes = iter(self.loader), state["passes"]
         for _ in range(state["taken"]):
             next(self._iter)
