@@ -218,14 +218,20 @@ def train_and_save(trainer: Trainer, run: lifecycle.StageRun, *, has_eval: bool,
 
     progress.install(trainer, run.stage)
     out = run.output_dir
+    # First, so that no other callback starts work for a run that is over.
+    trainer.callback_handler.callbacks.insert(0, _no_step_past_max_steps())
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=run.resume_from)
-    metrics: dict[str, Any] = {"steps": trainer.state.global_step, "train_loss": result.training_loss}
-    runtime = time.perf_counter() - started
-    metrics["train_runtime_s"] = round(runtime, 2)
-    tokens = trainer.state.num_input_tokens_seen
-    if tokens and runtime > 0:
-        metrics["tokens_per_s"] = round(tokens / runtime, 1)
+    try:
+        result = trainer.train(resume_from_checkpoint=run.resume_from)
+    except _AlreadyTrained:
+        metrics: dict[str, Any] = _end_without_training(trainer, run.resume_from)
+    else:
+        metrics = {"steps": trainer.state.global_step, "train_loss": result.training_loss}
+        runtime = time.perf_counter() - started
+        metrics["train_runtime_s"] = round(runtime, 2)
+        tokens = trainer.state.num_input_tokens_seen
+        if tokens and runtime > 0:
+            metrics["tokens_per_s"] = round(tokens / runtime, 1)
     fatal = callbacks.fatal
     if fatal is None:
         if has_eval:
@@ -241,6 +247,38 @@ def train_and_save(trainer: Trainer, run: lifecycle.StageRun, *, has_eval: bool,
                 f"{trainer.args.metric_for_best_model} = {trainer.state.best_metric}\n")
         callbacks.tracker.log_model(out)
     return run.finish(metrics, fatal=fatal, **sections)
+
+
+class _AlreadyTrained(Exception):
+    """The checkpoint resumed from already holds the run's last step."""
+
+
+def _no_step_past_max_steps() -> TrainerCallback:
+    """A callback that stops `Trainer.train` before its first step when the checkpoint it resumed from is at or past
+    max_steps. The Trainer itself checks max_steps only after a step: resumed inside an epoch (max_steps not a whole
+    number of epochs) it would run step max_steps + 1 and overwrite the final model."""
+    from transformers import TrainerCallback
+
+    class NoStepPastMaxSteps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps > 0:
+                raise _AlreadyTrained
+
+    return NoStepPastMaxSteps()
+
+
+def _end_without_training(trainer: Trainer, checkpoint: str | None) -> dict[str, Any]:
+    """Finish a run resumed from a checkpoint that holds its last step: the Trainer has loaded that checkpoint's
+    weights and state; do what the end of `Trainer.train` does to them (early stopping's best weights, the callbacks'
+    on_train_end). Returns the metrics: the steps (no loss or speed, as nothing was trained)."""
+    state = trainer.state
+    log.warning("%s already holds step %d of max_steps %d: not training again; finishing from it", checkpoint,
+                state.global_step, state.max_steps)
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None:
+        trainer._load_best_model()
+    trainer.control = trainer.callback_handler.on_train_end(trainer.args, state, trainer.control)
+    trainer.is_in_train = False
+    return {"steps": state.global_step}
 
 
 def run_trainer_stage(cfg: Any, stage: str, build: Callable[[Any, Tracker], TrainerBuild]) -> StageResult:
