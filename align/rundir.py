@@ -44,6 +44,8 @@ VALUE_MODEL_DIR = "value_model"
 POLICY_DIR = "policy"
 """PPO's policy (or its LoRA adapter) in each checkpoint."""
 CHECKPOINT_PREFIX = "checkpoint-"
+INCOMPLETE_PREFIX = "incomplete-"
+"""Before a checkpoint's name: one cut off mid-write, set aside when the run resumes (the newest copy per step)."""
 TRAINER_STATE_FILE = "trainer_state.json"
 """Written last into a checkpoint (by the TRL trainer, or by PPO), so it marks the checkpoint as complete."""
 BEST_FILE = "BEST"
@@ -128,11 +130,7 @@ def prepare_output_dir(train: TrainConfig) -> str | None:
         )
     state = distributed_state()
     if state.is_main_process:
-        for path in incomplete:
-            # Killed while writing: keep it for inspection, but out of the trainer's resume and rotation.
-            aside = path.with_name(f"incomplete-{path.name}")
-            log.warning("%s is incomplete (no %s); moved to %s", path, TRAINER_STATE_FILE, aside.name)
-            path.rename(aside)
+        _set_aside(out, incomplete, complete)
         if not train.resume and train.overwrite and (complete or finished):
             log.info("train.overwrite=true: removing the previous run's checkpoints and summary in %s", out)
             for path in complete:
@@ -148,6 +146,24 @@ def prepare_output_dir(train: TrainConfig) -> str | None:
         return str(complete[-1])
     log.info("train.resume=true but %s holds no checkpoint; starting from the beginning", out)
     return None
+
+
+def _set_aside(out: Path, incomplete: list[Path], complete: list[Path]) -> None:
+    """Move checkpoints cut off mid-write out of the trainer's resume and rotation, keeping the newest copy of each
+    for inspection, and remove the copies that a complete checkpoint has since passed."""
+    last = int(_CHECKPOINT.match(complete[-1].name).group(1)) if complete else -1
+    for old in sorted(out.glob(f"{INCOMPLETE_PREFIX}{CHECKPOINT_PREFIX}*")):
+        match = _CHECKPOINT.match(old.name.removeprefix(INCOMPLETE_PREFIX))
+        if old.is_dir() and match and int(match.group(1)) <= last:
+            log.info("removing %s: the run has saved a complete checkpoint past it", old)
+            shutil.rmtree(old)
+    for path in incomplete:
+        aside = path.with_name(f"{INCOMPLETE_PREFIX}{path.name}")
+        if aside.exists():  # cut off at the same step before: the newest copy replaces it
+            log.info("removing %s: %s was cut off at the same step again", aside, path.name)
+            shutil.rmtree(aside)
+        log.warning("%s is incomplete (no %s); moved to %s", path, TRAINER_STATE_FILE, aside.name)
+        path.rename(aside)
 
 
 def stopped_by(alert: Alert, output_dir: Path) -> dict[str, Any]:
