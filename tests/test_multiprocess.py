@@ -73,7 +73,7 @@ def test_two_process_dpo_matches_one_process(tmp_path, tiny_model_dir):
     """
     from tiny import PAIRS, write_pairs
 
-    from align import ref_cache
+    from align.stages import ref_cache
 
     data = write_pairs(tmp_path / "train.jsonl", PAIRS[:8])
     launch = [str(ACCELERATE), "launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),

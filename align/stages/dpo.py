@@ -9,7 +9,7 @@ Starting from an sft LoRA adapter dir, `sft_adapter` chooses between merging it 
 Pairs whose prompt alone fills train.max_length have no reply token left to train on; TRL drops them without a
 count, we drop them first and count them in summary.json.
 With precompute_ref_log_probs the reference scores every pair once before training; with ref_cache those log-probs
-are kept on disk and reused by later runs with the same reference and data (align/ref_cache.py).
+are kept on disk and reused by later runs with the same reference and data (align/stages/ref_cache.py).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from align import data, fused_head, models, ref_cache
+from align import data, models
 from align.errors import ConfigError
 from align.observe.tracking import Tracker
 from align.rundir import StageResult
 from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.stages import fused_head, ref_cache
 from align.stages import trainer as trainer_stage
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from align import chat, data, fused_head, models, packing
+from align import chat, data, models
 from align.errors import ConfigError
 from align.observe.tracking import Tracker
 from align.rundir import StageResult
 from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.stages import fused_head, packing
 from align.stages import trainer as trainer_stage
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def build(cfg: SFTConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     model = models.load_causal_lm(cfg.model, model_path)
     has_eval = bool(eval_rows)
     # Varlen (flash) kernels keep packed examples apart by themselves: TRL's padding-free packing is right there.
-    # Other kernels need our block-diagonal mask, see align.packing.
+    # Other kernels need our block-diagonal mask, see align.stages.packing.
     trl_packs = cfg.packing and model.config._attn_implementation in packing.VARLEN_ATTENTION
     collator = None
     if cfg.packing and not trl_packs:

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainerState
 
     from align.data import StageData
-    from align.freezing import FreezePlan
     from align.observe.health import Alert, HealthReporter
     from align.observe.tracking import Tracker
+    from align.stages.freezing import FreezePlan
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ def trainer_callbacks(cfg: Any, model: PreTrainedModel, tracker: Tracker, *,
                       stage_data: StageData | None = None) -> TrainerCallbacks:
     """The callbacks a stage's trainer needs: tracking and health alerts, then freezing, early stopping and sampled
     completions when configured. Completions need `tokenizer` and `stage_data` (SFT and DPO pass them)."""
-    from align import freezing
     from align.observe import health, samples
+    from align.stages import freezing
 
     found = TrainerCallbacks(callbacks=[tracker.callback()], tracker=tracker)
     found.health = health.health_callback(health.HealthMonitor(cfg.tracking.health), tracker)

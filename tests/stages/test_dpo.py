@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import config, fused_head, models, stages
+from align import config, models, stages
 from align.errors import ConfigError, ModelError
 from align.observe import tracking
 from align.sections import ModelConfig
-from align.stages import dpo
+from align.stages import dpo, fused_head
 from align.stages.dpo import DPOConfig
 
 PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -55,7 +55,7 @@ def test_dpo_full_finetune_moves_policy_not_reference(tmp_path, tiny_model_dir, 
     monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
     result = stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files))
     out = result.output_dir
-    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies align.fused_head"
+    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies fused_head"
 
     ref = spy_build["trainer"].ref_model
     assert ref is not None and not any(p.requires_grad for p in ref.parameters())
@@ -227,7 +227,7 @@ def test_dpo_continue_precomputes_and_caches_the_sft_reference(tmp_path, sft_ada
     cached) log-probs are those of the merged sft model, not of the base."""
     import numpy as np
 
-    from align import ref_cache
+    from align.stages import ref_cache
 
     cfg = make_cfg(tmp_path, sft_adapter_dir, pair_files, "sft_adapter=continue", "precompute_ref_log_probs=true",
                    "data.eval=[]")

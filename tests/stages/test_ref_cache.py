@@ -13,10 +13,10 @@ import trl
 from tiny import PAIRS, write_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from align import config, ref_cache, stages
+from align import config, stages
 from align.errors import ConfigError
 from align.observe import tracking
-from align.stages import dpo
+from align.stages import dpo, ref_cache
 from align.stages.dpo import DPOConfig
 
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align import config, fused_head, stages
+from align import config, stages
 from align.errors import ConfigError
 from align.observe import tracking
+from align.stages import fused_head
 from align.stages.sft import SFTConfig
 
 ROWS = [
@@ -58,7 +59,7 @@ def test_sft_full_finetune_moves_weights_and_reloads(tmp_path, tiny_model_dir, s
     cfg = make_cfg(tmp_path, tiny_model_dir, sft_data)
     result = stages.run("sft", cfg)
     out = result.output_dir
-    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies align.fused_head"
+    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies fused_head"
 
     assert result.metrics["steps"] == 3
     assert math.isfinite(result.metrics["train_loss"])

@@ -4,7 +4,8 @@ TRL (>= 1.16) replaces the LM head of SFT and DPO models with a tiled log-prob k
 label is -100 only where Triton runs. Elsewhere it scores every position, because on compiled backends (Neuron) a
 changing number of valid positions would recompile the tiles every batch. Eager CPU has no such cost, and in chat
 data many positions are prompt or padding: scoring them all made the quick start's SFT 1.24x and its DPO 1.30x
-slower (benchmarks/README.md, "align.fused_head"). The log-probs are the same; masked positions are zero either way.
+slower (benchmarks/README.md, "align.stages.fused_head"). The log-probs are the same; masked positions are zero either
+way.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ import pytest
 import torch
 from tiny import CONVERSATIONS, build_tiny_tokenizer, llama_config, messages
 
-from align import chat, config, packing, stages
+from align import chat, config, stages
 from align.observe import tracking
+from align.stages import packing
 from align.stages.sft import SFTConfig
 
 

@@ -1,4 +1,4 @@
-"""TRL's fused LM head scores only labelled positions on CPU once align.fused_head is applied: same log-probs and
+"""TRL's fused LM head scores only labelled positions on CPU once align.stages.fused_head is applied: same log-probs and
 gradients as scoring every position, on fewer rows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from trl.kernels import chunked_logprob
 from trl.trainer import utils as trl_utils
 
-from align import fused_head
+from align.stages import fused_head
 
 
 def fused_pass(model_dir, monkeypatch, patched: bool):
