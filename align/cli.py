@@ -126,7 +126,7 @@ def _data_convert(args: argparse.Namespace) -> int:
 def _load_options(args: argparse.Namespace, schema: type):
     """A command's config from --config, then its options, then KEY=VALUE overrides, through the strict loader. A
     command with a positional field takes its value as the one argument that is not KEY=VALUE."""
-    from align import config, config_options
+    from align import config
 
     _quiet_libraries()
     overrides = [item for item in args.overrides if "=" in item]
@@ -138,7 +138,7 @@ def _load_options(args: argparse.Namespace, schema: type):
         if hasattr(args, positional):
             raise config.ConfigError(f"{positional}: given twice ({plain[0]!r} and {getattr(args, positional)!r})")
         setattr(args, positional, plain[0])
-    options = config_options.given_options(args, schema)
+    options = config.given_options(args, schema)
     return config.load_config(schema, args.config, options + overrides)
 
 
@@ -164,18 +164,18 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _add_options_command(sub: argparse._SubParsersAction, name: str, schema: type, func, *, help_text: str,
                          description: str, example: str, positional: str | None = None) -> None:
-    """A command whose options are the fields of its config dataclass (align.config_options); the field named
+    """A command whose options are the fields of its config dataclass (align.config); the field named
     `positional` may also be given as the first argument."""
-    from align import config_options
+    from align import config
 
     p = sub.add_parser(name, help=help_text, description=description + " Settings come from --config, then the "
                        "options, then KEY=VALUE overrides (later wins).")
     p.add_argument("--config", metavar="FILE", help=f"YAML file of these settings, keyed by field name ({example})")
-    config_options.add_options(p, schema)
+    config.add_options(p, schema)
     # One list for both, as argparse cannot place an optional positional between options and overrides.
     shown = f"[{positional.upper()}] KEY=VALUE" if positional else "KEY=VALUE"
     p.add_argument("overrides", nargs="*", metavar=shown, help=f"overrides, e.g. {example.replace(': ', '=')}" + (
-        f"; {positional.upper()} is the same as {config_options.option_name(positional)}" if positional else ""))
+        f"; {positional.upper()} is the same as {config.option_name(positional)}" if positional else ""))
     p.set_defaults(func=func, positional=positional)
 
 

@@ -1,6 +1,7 @@
 """EvalConfig: the options of `align eval`, whether given as command-line options, a YAML file or KEY=VALUE overrides.
 
-The command line is generated from these fields (align.config_options): a field's help text is the docstring under it.
+The command line is generated from these fields (align.config.add_options): a field's help text is the docstring
+under it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from plain_torch import PAIRS, load, message, plain_reply_logp, plain_reward, plain_reward_model
 
-from align import cli, config, config_options
+from align import cli, config
 from align.eval import EvalConfig, command, metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -106,9 +106,9 @@ def test_help_lists_every_field_with_its_docstring(capsys):
     with pytest.raises(SystemExit):
         cli.main(["eval", "--help"])
     printed = " ".join(capsys.readouterr().out.split())
-    docs = config_options.field_docs(EvalConfig)
-    for field in config_options.option_fields(EvalConfig):
-        assert config_options.option_name(field.name) in printed, field.name
+    docs = config.field_docs(EvalConfig)
+    for field in config.option_fields(EvalConfig):
+        assert config.option_name(field.name) in printed, field.name
         assert docs[field.name] in printed
     assert "--stage" not in printed
     assert "--kl-estimator {k1,k3}" in printed and "(default: 128)" in printed
@@ -129,7 +129,7 @@ def test_documented_invocations_still_load():
     assert len(invocations) >= 5
     for line in invocations:
         args = cli.build_parser().parse_args(shlex.split(line)[1:])
-        given = config_options.given_options(args, EvalConfig) + args.overrides
+        given = config.given_options(args, EvalConfig) + args.overrides
         base = {"policy": "p", "data": "d"} if args.config else {}  # a --config file shown in the docs is not here
         assert isinstance(config.load_config(EvalConfig, None, given, base=base), EvalConfig), line
 

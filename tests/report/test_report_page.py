@@ -15,7 +15,7 @@ import pytest
 import yaml
 from report_runs import HOSTILE
 
-from align import cli, config_options
+from align import cli, config
 from align.errors import ConfigError
 from align.report import ReportConfig, run
 
@@ -115,9 +115,9 @@ def test_user_errors(tmp_path):
 
 def test_config_gives_command_line_options_and_importing_stays_light():
     parser = argparse.ArgumentParser()
-    config_options.add_options(parser, ReportConfig)
+    config.add_options(parser, ReportConfig)
     args = parser.parse_args(["--run-dir", "runs/x", "--samples", "3"])
-    assert config_options.given_options(args, ReportConfig) == ['run_dir="runs/x"', "samples=3"]
+    assert config.given_options(args, ReportConfig) == ['run_dir="runs/x"', "samples=3"]
     assert "(default: <run_dir>/report.html)" in parser.format_help()
     heavy = ("import sys, align.report; "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'transformers')))")
