@@ -9,7 +9,7 @@ from pathlib import Path
 from align import generation
 from align.errors import ConfigError
 from align.eval import judges
-from align.probe import command, results
+from align.probe import results, scoring
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def check_reward_model(reward_model, tokenizer, policy, prompts: list[list[dict]
     generated = generation.generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                                     seed=seed, batch_size=batch_size)
     judge = judges.RewardModelJudge(reward_model, tokenizer, batch_size)
-    result = command.score_and_write(judge, prompts, generated.texts, reward_model=name, threshold=threshold,
+    result = scoring.score_and_write(judge, prompts, generated.texts, reward_model=name, threshold=threshold,
                                      out=out, batch_size=batch_size, seed=seed)
     message = results.refusal_message(result, "reward_model", override)
     if message:

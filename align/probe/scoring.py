@@ -1,11 +1,20 @@
-"""Score good replies and their degraded variants with one judge, and summarise what the judge preferred."""
+"""Score good replies and their degraded variants with one judge, summarise what the judge preferred, and write it
+(probe.json, probe.md)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from align.eval import metrics
 from align.probe import results, variants
+
+if TYPE_CHECKING:
+    from align.eval.judges import RewardModelJudge
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +57,19 @@ def job_count(replies: list[str], prompts: list[list[dict]]) -> int:
     """How many replies `probe` scores, for a progress bar."""
     return len(replies) + sum(make(reply, last_user_text(prompt)) is not None
                               for make in variants.VARIANTS.values() for reply, prompt in zip(replies, prompts))
+
+
+def score_and_write(judge: RewardModelJudge, prompts: list[list[dict]], replies: list[str], *,
+                    reward_model: str, threshold: float, out: Path, batch_size: int, bootstrap_samples: int = 1000,
+                    seed: int = 0) -> results.ProbeResult:
+    """Probe `judge` on these replies, with a progress bar, and write probe.json and probe.md into `out`."""
+    from tqdm.auto import tqdm
+
+    interval = partial(metrics.bootstrap_ci, samples=bootstrap_samples, seed=seed)
+    with tqdm(total=job_count(replies, prompts), desc="probe", unit="reply", dynamic_ncols=True) as bar:
+        result = probe(judge.score, prompts, replies, reward_model=reward_model, threshold=threshold,
+                       interval=interval, batch_size=batch_size, progress=bar.update)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / results.PROBE_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    (out / "probe.md").write_text(results.markdown(result), encoding="utf-8")
+    return result

@@ -129,7 +129,7 @@ def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer)
 
     def checks(out: Path) -> dict[str, Any]:
         from align.eval import baselines, judges, rankings
-        from align.probe import command as probe_command
+        from align.probe import scoring as probe_scoring
         from align.probe.config import ProbeConfig
 
         pairs, origins = [row for row, _ in kept], [origin for _, origin in kept]
@@ -143,8 +143,9 @@ def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer)
                                seed=cfg.train.seed)
         del starting
         log.info("reward: held-out pairs\n%s", baselines.markdown(table, [MODEL_RANKING]))
-        probe = probe_command.score_and_write(
-            judge, prompts[:cfg.probe_samples], [baselines.reply_text(row["chosen"]) for row in pairs[:cfg.probe_samples]],
+        probed = pairs[:cfg.probe_samples]
+        probe = probe_scoring.score_and_write(
+            judge, prompts[:cfg.probe_samples], [baselines.reply_text(row["chosen"]) for row in probed],
             reward_model=str(out), threshold=ProbeConfig.threshold, out=out, batch_size=cfg.train.batch_size,
             seed=cfg.train.seed)
         return {"held_out": {"pairs": len(pairs), "accuracy": table}, "probe": probe.to_dict()}
