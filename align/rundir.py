@@ -2,21 +2,26 @@
 dir, the resume/overwrite rules, and the one writer of `summary.json`.
 
 A stage's output dir holds `checkpoint-N/` folders while training, then the final model, `config.yaml`,
-`metrics.jsonl`, `plots/` and `summary.json`, which is written last and marks the stage as finished.
+`metrics.jsonl`, `plots/` and `summary.json`, which is written last and marks the stage as finished. While a run
+writes it, `align.lock` names that run, so a second run on the same dir is refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from align.errors import ConfigError
+from align.errors import AlignError, ConfigError
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -54,6 +59,8 @@ LINEAGE = "lineage.json"
 """`align pipeline`: a stage's inputs, written when it starts."""
 DONE = "DONE"
 """`align pipeline`: written last, after summary.json: the stage finished with the config hash it records."""
+LOCK_FILE = "align.lock"
+"""Held while a run writes the dir: its pid, host and start time (`run_lock`)."""
 EVAL_FILE = "eval.json"
 EVAL_MARKDOWN_FILE = "eval.md"
 
@@ -97,6 +104,98 @@ def distributed_state() -> PartialState:
 def is_main_process() -> bool:
     """True on the process that writes files and logs (rank 0 under accelerate, or the only process)."""
     return distributed_state().is_main_process
+
+
+@contextmanager
+def run_lock(output_dir: Path) -> Iterator[None]:
+    """Hold `output_dir`'s lock while the block runs, and release it however the block ends.
+
+    Only the main process takes it; every process raises the same AlignError when another run holds it. A lock left
+    by a process that is gone from this host (killed, crashed) is taken over with a warning.
+    """
+    state = distributed_state()
+    mine, problem = None, None
+    if state.is_main_process:
+        try:
+            mine = _take_lock(output_dir / LOCK_FILE)
+        except AlignError as err:
+            problem = str(err)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([problem])[0]
+    if problem is not None:
+        raise AlignError(problem)
+    try:
+        yield
+    finally:
+        if mine is not None:
+            _release_lock(output_dir / LOCK_FILE, mine)
+
+
+def _take_lock(path: Path) -> dict[str, Any]:
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": timestamp()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if _create_lock(path, mine):
+            return mine
+        holder = _read_lock(path)
+        if holder is None:
+            raise AlignError(f"{path} exists but cannot be read. If no other run is using {path.parent}, delete it.")
+        if not _lock_is_stale(holder):
+            raise AlignError(f"{path.parent} is in use by another run (pid {holder.get('pid')} on "
+                             f"{holder.get('host')}, started {holder.get('started_at')}). Wait for it to end or "
+                             f"choose another output dir; if that process is gone, delete {path}.")
+        log.warning("%s: taking over the lock of pid %s (started %s), which is no longer running", path.parent,
+                    holder["pid"], holder.get("started_at"))
+        path.unlink(missing_ok=True)
+        if _create_lock(path, mine):
+            return mine
+        raise AlignError(f"{path.parent}: another run took over its stale lock at the same time; see {path}")
+    except OSError as err:
+        raise AlignError(f"cannot write in the output dir {path.parent}: {err.strerror or err}") from err
+
+
+def _create_lock(path: Path, record: dict[str, Any]) -> bool:
+    """Create the lock holding `record`; False when it exists (O_EXCL: of two runs, one creates it)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    return True
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _lock_is_stale(holder: dict[str, Any]) -> bool:
+    """The lock's process is known to be gone: it ran on this host and no process has its pid. A process on
+    another host cannot be checked, so its lock is never stale."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
+
+
+def _release_lock(path: Path, mine: dict[str, Any]) -> None:
+    """Remove the lock if it is still this run's (a user may have deleted it and another run taken it)."""
+    if _read_lock(path) == mine:
+        path.unlink(missing_ok=True)
+    else:
+        log.warning("%s is no longer this run's lock; left in place", path)
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:

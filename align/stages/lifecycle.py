@@ -1,5 +1,5 @@
-"""The life of a stage run, the same for every stage: the output-dir rules, config.yaml, a tracker, training, then the
-plots and summary.json; the tracker is closed whatever happens.
+"""The life of a stage run, the same for every stage: the output dir's lock, its rules, config.yaml, a tracker,
+training, then the plots and summary.json; the tracker is closed and the lock released whatever happens.
 
 After a fatal health alert (NaN/inf loss) the weights in memory are broken: the stage skips its final save, the last
 checkpoint stays the latest good model, and summary.json says so under "stopping".
@@ -56,17 +56,19 @@ class StageRun:
 
 
 def run_stage(cfg: Any, stage: str, train: Callable[[StageRun], StageResult]) -> StageResult:
-    """Apply the output-dir rules, save config.yaml, open the tracker, `train` (which ends with `StageRun.finish`),
-    and close the tracker even when training fails; its notes (where an offline W&B run lives) join the result's."""
+    """Holding the output dir's lock (`rundir.run_lock`): apply the output-dir rules, save config.yaml, open the
+    tracker, `train` (which ends with `StageRun.finish`), and close the tracker even when training fails; its notes
+    (where an offline W&B run lives) join the result's. The lock is released however the run ends."""
     out = Path(cfg.train.output_dir)
-    resume_from = rundir.prepare_output_dir(cfg.train)
-    is_main = rundir.is_main_process()
-    if is_main:
-        config.save_config(cfg, out)
-    tracker = Tracker(cfg.tracking, out, stage=stage, run_config=config.to_dict(cfg), is_main=is_main)
-    try:
-        result = train(StageRun(stage, out, resume_from, is_main, tracker))
-    finally:
-        notes = tracker.finish()
+    with rundir.run_lock(out):
+        resume_from = rundir.prepare_output_dir(cfg.train)
+        is_main = rundir.is_main_process()
+        if is_main:
+            config.save_config(cfg, out)
+        tracker = Tracker(cfg.tracking, out, stage=stage, run_config=config.to_dict(cfg), is_main=is_main)
+        try:
+            result = train(StageRun(stage, out, resume_from, is_main, tracker))
+        finally:
+            notes = tracker.finish()
     result.notes.update(notes)
     return result
