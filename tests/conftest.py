@@ -5,18 +5,24 @@ torch is imported inside the fixtures only, so torch-free tests (data formats) s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from tiny import build_tiny_tokenizer, llama_config
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+# huggingface_hub and datasets read these once, on first import. A test module that imports trl's trainer utilities
+# while pytest collects would otherwise fix them to online, and a hub lookup then waits for the network to time out.
+os.environ.update(OFFLINE)
+
 
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
