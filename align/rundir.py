@@ -135,6 +135,8 @@ def run_lock(output_dir: Path) -> Iterator[None]:
 
 def _take_lock(path: Path) -> dict[str, Any]:
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": timestamp()}
+    if path.parent.exists() and not path.parent.is_dir():
+        raise AlignError(f"train.output_dir: {path.parent} is a file, not a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if _create_lock(path, mine):
@@ -153,7 +155,7 @@ def _take_lock(path: Path) -> dict[str, Any]:
             return mine
         raise AlignError(f"{path.parent}: another run took over its stale lock at the same time; see {path}")
     except OSError as err:
-        raise AlignError(f"cannot write in the output dir {path.parent}: {err.strerror or err}") from err
+        raise AlignError(f"train.output_dir: cannot write in {path.parent}: {err.strerror or err}") from err
 
 
 def _create_lock(path: Path, record: dict[str, Any]) -> bool:

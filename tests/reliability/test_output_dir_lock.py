@@ -88,3 +88,9 @@ def test_the_lock_is_held_during_the_run_and_released_when_it_fails(tmp_path, sf
             cli.main(sft_command)
     assert seen and seen[0]["pid"] == os.getpid()
     assert not (out / rundir.LOCK_FILE).exists()
+
+
+def test_an_output_dir_that_is_a_file_is_an_error(tmp_path):
+    (tmp_path / "out").write_text("not a dir")
+    with pytest.raises(AlignError, match="is a file, not a directory"), rundir.run_lock(tmp_path / "out"):
+        pass
