@@ -45,3 +45,10 @@ def test_a_checkpoint_written_after_a_resume_resumes_exactly(tmp_path, tiny_mode
         assert {k: v for k, v in a.items() if k != "time" and not k.startswith("timing/")} == \
                {k: v for k, v in b.items() if k != "time" and not k.startswith("timing/")}
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+    # Started again with resume once finished: no update left, the same final model, the same update count.
+    again = stages.run("ppo", make_cfg(out, tiny_model_dir, tiny_reward_model_dir, 4, "train.resume=true"))
+    assert again.metrics["steps"] == 4 and "objective/scores" not in again.metrics
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in tracking.read_metrics(out)] == [1, 2, 3, 4]
