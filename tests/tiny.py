@@ -85,6 +85,24 @@ def messages(turns):
     return out
 
 
+# SFT conversations: the stage tests train on the first 6 and hold out the last 2.
+CHATS = [
+    [("what is the capital of france?", "paris is the capital of france")],
+    [("write a short poem about the sea", "the sea and the sky"), ("thanks", "goodbye")],
+    [("hello", "hello, how can i help?")],
+    [("one two three", "four five six")],
+    [("the quick brown fox", "jumps over the lazy dog")],
+    [("is the cat on the mat?", "yes the cat sat on the mat")],
+    [("good answer or bad answer?", "a good answer")],
+    [("say seven", "seven"), ("say eight", "eight")],
+]
+
+
+def write_chats(path: Path, chats) -> Path:
+    path.write_text("".join(json.dumps({"messages": messages(turns)}) + "\n" for turns in chats))
+    return path
+
+
 # (prompt, chosen, rejected)
 PAIRS = [
     ("what is the capital of france?", "paris is the capital of france", "the cat sat on the mat"),
