@@ -73,7 +73,7 @@ def test_no_metrics_no_plots(tmp_path):
     assert not (tmp_path / "plots").exists()
 
 
-def test_a_plotting_failure_is_a_warning(tmp_path, monkeypatch, caplog):
+def test_a_plotting_failure_is_a_warning(tmp_path, monkeypatch, caplog, stage_plots):
     write_metrics(tmp_path, dpo_and_ppo_records())
 
     def broken():
@@ -85,20 +85,8 @@ def test_a_plotting_failure_is_a_warning(tmp_path, monkeypatch, caplog):
     assert "could not draw the metric plots (RuntimeError: no backend)" in caplog.text
 
 
-def test_sft_stage_ends_with_plots_and_a_health_summary(tmp_path, tiny_model_dir):
-    from tiny import CONVERSATIONS, messages
-
-    from align import config, stages
-    from align.stages.sft import SFTConfig
-
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"messages": messages(turns)}) + "\n" for turns in CONVERSATIONS))
-    cfg = config.load_config(SFTConfig, base={
-        "model": {"name_or_path": str(tiny_model_dir)}, "data": {"train": [str(data)], "eval_fraction": 0.4},
-        "train": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "batch_size": 2, "max_length": 64,
-                  "num_threads": 1}})
-    out = stages.run("sft", cfg).output_dir
-    written = sorted((out / "plots").glob("*.png"))
-    assert {"loss.png", "optimizer.png"} <= {p.name for p in written} and all(is_png(p) for p in written)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["health"] == {"alerts": [], "stopped_on_fatal": None}
+def test_a_finished_stage_has_its_plots_and_a_health_summary(sft_run):
+    written = sorted((sft_run.out / "plots").glob("*.png"))
+    assert {"loss.png", "optimizer.png", "completions.png"} <= {p.name for p in written}
+    assert all(is_png(p) for p in written)
+    assert sft_run.summary()["health"] == {"alerts": [], "stopped_on_fatal": None}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny import CONVERSATIONS, PAIRS, messages, write_pairs
+from tiny import CONVERSATIONS, PAIRS, messages
 
 from align import models
 from align.observe import samples
@@ -71,38 +71,16 @@ def completion_steps(out) -> dict[int, list[str]]:
     return found
 
 
-TRAIN = {"max_steps": 4, "batch_size": 2, "learning_rate": 1e-2, "max_length": 64, "save_steps": 4,
-         "num_threads": 1, "lr_scheduler": "constant"}
-SAMPLING = {"completions_every": 2, "completions_prompts": 2, "completions_max_new_tokens": 4}
-
-
-def test_sft_run_samples_completions_every_n_steps(tmp_path, tiny_model_dir):
-    from align import config, stages
+def test_a_stage_samples_the_eval_prompts_before_training_and_every_n_steps(sft_run):
+    """`sft_run` (tests/conftest.py) samples 2 prompts every 2 steps of 4: the held-out conversations without their
+    final reply."""
     from align.observe import tracking
-    from align.stages.sft import SFTConfig
 
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"messages": messages(turns)}) + "\n" for turns in CONVERSATIONS))
-    cfg = config.load_config(SFTConfig, base={
-        "model": {"name_or_path": str(tiny_model_dir)}, "data": {"train": [str(data)]},
-        "train": {**TRAIN, "output_dir": str(tmp_path / "out")}, "tracking": SAMPLING})
-    out = stages.run("sft", cfg).output_dir
-    # No eval split: the first two train conversations, each without its final reply.
-    assert completion_steps(out) == {step: ["and the dog?", "one two three"] for step in (0, 2, 4)}
-    logged = [m["step"] for m in tracking.read_metrics(out) if "completions/eos_rate" in m]
+    assert completion_steps(sft_run.out) == {step: ["good answer or bad answer?", "say eight"] for step in (0, 2, 4)}
+    logged = [m["step"] for m in tracking.read_metrics(sft_run.out) if "completions/eos_rate" in m]
     assert logged == [0, 2, 4]
 
 
-def test_dpo_run_samples_completions_from_the_eval_prompts(tmp_path, tiny_model_dir):
-    from align import config, stages
-    from align.stages.dpo import DPOConfig
-
-    train = write_pairs(tmp_path / "train.jsonl", PAIRS[:8])
-    held_out = write_pairs(tmp_path / "eval.jsonl", PAIRS[8:])
-    cfg = config.load_config(DPOConfig, base={
-        "model": {"name_or_path": str(tiny_model_dir)}, "data": {"train": [str(train)], "eval": [str(held_out)]},
-        "train": {**TRAIN, "output_dir": str(tmp_path / "out")}, "tracking": SAMPLING, "beta": 0.5})
-    out = stages.run("dpo", cfg).output_dir
-    assert completion_steps(out) == {step: [PAIRS[8][0], PAIRS[9][0]] for step in (0, 2, 4)}
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["health"]["stopped_on_fatal"] is None
+def test_dpo_samples_the_prompts_of_its_eval_pairs(dpo_run):
+    assert completion_steps(dpo_run.out) == {step: [PAIRS[8][0], PAIRS[9][0]] for step in (0, 2, 4)}
+    assert dpo_run.summary()["health"]["stopped_on_fatal"] is None

@@ -15,7 +15,7 @@ from align import config, models, stages
 from align.errors import ConfigError, ModelError
 from align.observe import tracking
 from align.sections import ModelConfig
-from align.stages import dpo, fused_head
+from align.stages import dpo
 from align.stages.dpo import DPOConfig
 
 PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -48,37 +48,38 @@ def spy_build(monkeypatch):
     return seen
 
 
-def test_dpo_full_finetune_moves_policy_not_reference(tmp_path, tiny_model_dir, pair_files, spy_build, monkeypatch):
-    from trl.kernels import chunked_logprob
-    from trl.trainer import utils as trl_utils
+# The finished run `dpo_run` (tests/conftest.py): full fine-tuning, 4 steps, eval on PAIRS[8:].
 
-    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
-    result = stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files))
-    out = result.output_dir
-    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies fused_head"
-
-    ref = spy_build["trainer"].ref_model
+def test_dpo_moves_the_policy_and_not_the_reference(dpo_run, tiny_model_dir):
+    assert dpo_run.seen["fused_head"], "the build applies align.stages.fused_head"
+    ref = dpo_run.seen["trainer"].ref_model
     assert ref is not None and not any(p.requires_grad for p in ref.parameters())
     after = ref.state_dict()
-    assert all(torch.equal(spy_build["ref_before"][k], after[k]) for k in after), "the reference must not change"
-    before, trained = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(dpo_run.seen["ref_before"][k], after[k]) for k in after), "the reference must not change"
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    trained = load_file(str(dpo_run.out / "model.safetensors"))
     assert [k for k in before if torch.equal(before[k], trained[k])] == []
 
-    assert result.metrics["steps"] == 3 and math.isfinite(result.metrics["train_loss"])
-    logged = tracking.read_metrics(out)
+
+def test_dpo_logs_pair_metrics_in_training_and_evaluation(dpo_run):
+    metrics = dpo_run.result.metrics
+    assert metrics["steps"] == 4 and math.isfinite(metrics["train_loss"])
+    logged = tracking.read_metrics(dpo_run.out)
     for key in PAIR_METRICS:
         assert any(key in m for m in logged), key
         assert any(f"eval_{key}" in m for m in logged), f"eval_{key}"
-    assert 0.0 <= result.metrics["eval_rewards/accuracies"] <= 1.0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["reference"].startswith("frozen copy of the starting policy")
-    assert config.load_config(DPOConfig, out / "config.yaml").beta == 0.5
+    assert 0.0 <= metrics["eval_rewards/accuracies"] <= 1.0
+    assert dpo_run.summary()["reference"].startswith("frozen copy of the starting policy")
+    assert config.load_config(DPOConfig, dpo_run.out / "config.yaml") == dpo_run.cfg
 
-    # Held-out checks: the saved policy's implicit-reward ranking against the reference, beside the baselines.
+
+def test_dpo_held_out_accuracy_beside_its_baselines(dpo_run, tiny_model_dir):
+    """The saved policy's implicit-reward ranking against the reference, beside the baselines, recomputed here."""
     from align.eval import scoring
 
+    out = dpo_run.out
     tokenizer = models.load_tokenizer(ModelConfig(name_or_path=str(out)))
-    pairs = [json.loads(line) for line in pair_files[1].read_text().splitlines()]
+    pairs = [json.loads(line) for line in dpo_run.inputs["eval"].read_text().splitlines()]
     prompts = [p["prompt"] for p in pairs]
     margin = {}
     for name, path in (("policy", out), ("reference", tiny_model_dir)):
@@ -86,7 +87,7 @@ def test_dpo_full_finetune_moves_policy_not_reference(tmp_path, tiny_model_dir, 
         margin[name] = [c - r for c, r in zip(*(scoring.reply_logps(model, tokenizer, prompts, [p[side] for p in pairs],
                                                                     8) for side in ("chosen", "rejected")))]
     implicit = [1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(margin["policy"], margin["reference"])]
-    table = summary["held_out"]["accuracy"]["all"]
+    table = dpo_run.summary()["held_out"]["accuracy"]["all"]
     assert table["dpo implicit reward"]["accuracy"] == sum(implicit) / 4
     assert table["starting policy log-prob margin"]["accuracy"] == sum(m > 0 for m in margin["reference"]) / 4
     assert table["longer reply"]["accuracy"] == 3.5 / 4  # as in test_reward: the same 4 eval pairs
@@ -199,10 +200,27 @@ def test_dpo_continues_sft_adapter_against_frozen_merged_reference(tmp_path, sft
     assert any(not torch.equal(sft_weights[k], dpo_weights[k]) for k in sft_weights), "the sft adapter trained on"
 
 
-def test_dpo_precomputed_reference_log_probs(tmp_path, tiny_model_dir, pair_files, spy_build):
+def reference_logps(model, row: dict, side: str) -> float:
+    """Sum of `model`'s log-probs of the reply tokens of a tokenized DPO row (prompt_ids + chosen_ids or
+    rejected_ids): a plain forward pass, not TRL's."""
+    ids = row["prompt_ids"] + row[f"{side}_ids"]
+    token_logps = torch.log_softmax(_logits(model, ids)[0, :-1], dim=-1)[torch.arange(len(ids) - 1), ids[1:]]
+    return token_logps[len(row["prompt_ids"]) - 1:].sum().item()
+
+
+def test_dpo_trains_on_precomputed_reference_log_probs(tmp_path, tiny_model_dir, pair_files, spy_build):
+    """No reference model while training: every train and eval pair carries the log-probs the reference gives its
+    replies, which a forward pass of the starting model reproduces; two losses train on them."""
     result = stages.run("dpo", make_cfg(tmp_path, tiny_model_dir, pair_files, "precompute_ref_log_probs=true",
                                         "train.max_steps=2", "loss_type=[sigmoid,sft]", "loss_weights=[1.0,0.5]"))
-    assert spy_build["trainer"].ref_model is None
+    trainer = spy_build["trainer"]
+    assert trainer.ref_model is None
+    reference = models.load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir))).eval()
+    for dataset, pairs in ((trainer.train_dataset, 8), (trainer.eval_dataset, 4)):
+        assert len(dataset) == pairs
+        for side in ("chosen", "rejected"):
+            expected = [reference_logps(reference, row, side) for row in dataset]
+            assert dataset[f"ref_{side}_logps"] == pytest.approx(expected, abs=1e-4), side
     assert math.isfinite(result.metrics["eval_rewards/margins"])
 
 
@@ -233,14 +251,12 @@ def test_dpo_continue_precomputes_and_caches_the_sft_reference(tmp_path, sft_ada
                    "data.eval=[]")
     trainer = dpo.build(cfg, tracking.Tracker(cfg.tracking, tmp_path / "out", stage="dpo", run_config={})).trainer
     row = trainer.train_dataset[0]
-    ids = row["prompt_ids"] + row["chosen_ids"]
 
-    def reply_logps(model) -> float:
-        token_logps = torch.log_softmax(_logits(model, ids)[0, :-1], dim=-1)[torch.arange(len(ids) - 1), ids[1:]]
-        return token_logps[len(row["prompt_ids"]) - 1:].sum().item()
+    def reply_logps(model_dir) -> float:
+        return reference_logps(models.load_causal_lm(ModelConfig(name_or_path=str(model_dir))), row, "chosen")
 
-    expected = reply_logps(models.load_causal_lm(ModelConfig(name_or_path=str(sft_adapter_dir))))
-    base = reply_logps(models.load_causal_lm(ModelConfig(name_or_path=adapter_config_base(sft_adapter_dir))))
+    expected = reply_logps(sft_adapter_dir)
+    base = reply_logps(adapter_config_base(sft_adapter_dir))
     assert abs(expected - base) > 1e-2
     assert row["ref_chosen_logps"] == pytest.approx(expected, abs=1e-4)
     stored = np.load(ref_cache.cache_root() / trainer.ref_logps.report["train"]["key"] / ref_cache.VALUES_FILE)

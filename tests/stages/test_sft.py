@@ -1,5 +1,5 @@
-"""SFT stage end to end on a tiny model: weights move, outputs reload and generate, LoRA leaves the base alone,
-resume continues from the last checkpoint."""
+"""SFT stage end to end on a tiny model: weights move, outputs reload and fit the training replies better than the
+starting model, LoRA leaves the base alone, resume continues from the last checkpoint."""
 
 from __future__ import annotations
 
@@ -9,35 +9,17 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import CHATS, messages, write_chats
 
 from align import config, stages
 from align.errors import ConfigError
 from align.observe import tracking
-from align.stages import fused_head
 from align.stages.sft import SFTConfig
-
-ROWS = [
-    [("what is the capital of france?", "paris is the capital of france")],
-    [("write a short poem about the sea", "the sea and the sky"), ("thanks", "goodbye")],
-    [("hello", "hello, how can i help?")],
-    [("one two three", "four five six")],
-    [("the quick brown fox", "jumps over the lazy dog")],
-    [("is the cat on the mat?", "yes the cat sat on the mat")],
-    [("good answer or bad answer?", "a good answer")],
-    [("say seven", "seven"), ("say eight", "eight")],
-]
 
 
 @pytest.fixture
 def sft_data(tmp_path):
-    path = tmp_path / "train.jsonl"
-    with path.open("w") as f:
-        for turns in ROWS:
-            messages = []
-            for user, assistant in turns:
-                messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-            f.write(json.dumps({"messages": messages}) + "\n")
-    return path
+    return write_chats(tmp_path / "train.jsonl", CHATS)
 
 
 def make_cfg(tmp_path, model_dir, data, *overrides) -> SFTConfig:
@@ -51,37 +33,42 @@ def weights(path):
     return load_file(str(path))
 
 
-def test_sft_full_finetune_moves_weights_and_reloads(tmp_path, tiny_model_dir, sft_data, monkeypatch):
-    from trl.kernels import chunked_logprob
-    from trl.trainer import utils as trl_utils
+# The finished run `sft_run` (tests/conftest.py): full fine-tuning, 4 steps, eval on 2 held-out conversations.
 
-    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
-    cfg = make_cfg(tmp_path, tiny_model_dir, sft_data)
-    result = stages.run("sft", cfg)
-    out = result.output_dir
-    assert trl_utils._use_triton is fused_head._compact_everywhere_but_compiled, "the build applies fused_head"
-
-    assert result.metrics["steps"] == 3
-    assert math.isfinite(result.metrics["train_loss"])
-    assert math.isfinite(result.metrics["eval_loss"])
-    before, after = weights(tiny_model_dir / "model.safetensors"), weights(out / "model.safetensors")
+def test_sft_moves_every_weight_through_the_fused_head(sft_run, tiny_model_dir):
+    assert sft_run.seen["fused_head"], "the build applies align.stages.fused_head"
+    before, after = weights(tiny_model_dir / "model.safetensors"), weights(sft_run.out / "model.safetensors")
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert unchanged == [], f"parameters that did not move: {unchanged}"
 
-    assert config.load_config(SFTConfig, out / "config.yaml") == cfg
-    logged = tracking.read_metrics(out)
-    assert any("loss" in m for m in logged) and any("eval_loss" in m for m in logged)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"]["steps"] == 3 and summary["data"]["train_rows"] == 6
 
+def test_sft_logs_losses_and_writes_its_config_and_summary(sft_run):
+    metrics = sft_run.result.metrics
+    assert metrics["steps"] == 4 and math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss"])
+    assert config.load_config(SFTConfig, sft_run.out / "config.yaml") == sft_run.cfg
+    logged = tracking.read_metrics(sft_run.out)
+    assert [m["step"] for m in logged if "loss" in m] == [1, 2, 3, 4]
+    assert any("eval_loss" in m for m in logged)
+    summary = sft_run.summary()
+    assert summary["metrics"]["steps"] == 4 and summary["data"]["train_rows"] == 6
+    assert summary["data"]["eval_rows"] == 2
+
+
+def test_sft_output_reloads_and_fits_its_training_replies_better(sft_run, tiny_model_dir):
+    """The saved model loads with plain transformers and gives its training conversations a lower loss than the
+    starting model does (a model saved before training, or not saved at all, would not)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
-    generated = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert generated.shape[1] > ids["input_ids"].shape[1]
+    tokenizer = AutoTokenizer.from_pretrained(sft_run.out)
+    ids = [tokenizer.apply_chat_template(messages(turns), tokenize=True, return_dict=True)["input_ids"]
+           for turns in CHATS[:6]]
+
+    def loss(model_dir) -> float:
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        with torch.no_grad():
+            return sum(model(torch.tensor([row]), labels=torch.tensor([row])).loss.item() for row in ids) / len(ids)
+
+    assert loss(sft_run.out) < loss(tiny_model_dir) - 0.1
 
 
 def test_sft_lora_trains_adapter_only_and_saves_merged(tmp_path, tiny_model_dir, sft_data):

@@ -13,7 +13,7 @@ from align.stages.ppo.config import PPOConfig
 PROMPTS = Path(__file__).resolve().parents[3] / "examples" / "data" / "prompts.jsonl"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_cfg():
     """make_cfg(tmp_path, model_dir, *overrides, reward_dir=None, function=None) -> PPOConfig: 2 updates of 8 prompts
     in 2 minibatches of 2 micro-batches, 8 response tokens, no tracking; a reward model or a reward rule."""
