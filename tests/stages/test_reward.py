@@ -93,8 +93,18 @@ def test_reward_lora_saves_score_head_and_reloads_merged(tmp_path, tiny_model_di
 
 
 def test_reward_drops_and_counts_pairs_over_max_length(tmp_path, tiny_model_dir, pair_files):
-    cfg = make_cfg(tmp_path, tiny_model_dir, pair_files, "train.max_steps=1", "train.max_length=18")
-    result = stages.run("reward", cfg)
-    summary = json.loads((result.output_dir / "summary.json").read_text())
-    assert summary["dropped"], "some pairs are longer than 18 tokens"
-    assert all("longer than train.max_length=18" in reason for reason in summary["dropped"])
+    """A pair whose longer side, as the reward model reads it, has more than 24 tokens is dropped and counted under
+    its split: counted here by hand (5 of the 8 train pairs, 1 of the 4 eval pairs)."""
+    tokenizer = models.load_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir)))
+
+    def longest(row: dict) -> int:
+        return max(len(tokenizer(chat.reward_text(tokenizer, row["prompt"], row[side]), add_special_tokens=False)
+                       ["input_ids"]) for side in ("chosen", "rejected"))
+
+    expected = {f"{split}: longer than train.max_length=24": sum(longest(json.loads(line)) > 24
+                                                                  for line in path.read_text().splitlines())
+                for split, path in zip(("train", "eval"), pair_files, strict=True)}
+    assert list(expected.values()) == [5, 1]
+    result = stages.run("reward", make_cfg(tmp_path, tiny_model_dir, pair_files, "train.max_steps=1",
+                                           "train.max_length=24"))
+    assert json.loads((result.output_dir / "summary.json").read_text())["dropped"] == expected
