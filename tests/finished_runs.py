@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,9 @@ class FinishedRun:
     cfg: Any
     result: Any
     """The stage's StageResult."""
-    inputs: dict[str, Path] = field(default_factory=dict)
+    inputs: dict[str, Path]
     """The data files it trained and evaluated on, by split."""
-    seen: dict[str, Any] = field(default_factory=dict)
+    seen: dict[str, Any]
     """What a test can no longer see once the run is over: the built trainer, weights before training, whether TRL's
     fused head was patched during the build."""
 

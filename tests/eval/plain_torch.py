@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tiny
+
 from align import models
 from align.sections import ModelConfig
 
 EOS = "<|im_end|>"
-PAIRS = [
-    ("what is the capital of france?", "paris is the capital of france", "the cat sat on the mat"),
-    ("write a short poem about the sea", "the sea and the sky", "no"),
-    ("hello", "hello, how can i help?", "goodbye"),
-    ("one two three", "four five six", "the lazy dog"),
-    ("is the cat on the mat?", "yes the cat sat on the mat", "no answer"),
-]
+PAIRS = [*tiny.PAIRS[:4], tiny.PAIRS[5]]
+"""Five (prompt, chosen, rejected) of the tiny vocabulary's pairs."""
 
 
 def message(role: str, content: str) -> list[dict]:

@@ -42,7 +42,7 @@ def ppo_run(tmp_path_factory, make_cfg, tiny_model_dir, tiny_reward_model_dir) -
 
         monkeypatch.setattr(setup, "build", build)
         cfg = make_cfg(tmp, tiny_model_dir, "ppo.sample_every=1", reward_dir=tiny_reward_model_dir)
-        return FinishedRun(cfg, stages.run("ppo", cfg), seen=seen)
+        return FinishedRun(cfg, stages.run("ppo", cfg), {"train": Path(cfg.data.train[0].path)}, seen)
 
 
 def test_ppo_logs_trl_metrics_every_update(ppo_run):
