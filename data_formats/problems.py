@@ -8,6 +8,8 @@ from __future__ import annotations
 # Problem reasons: stable keys, used in reports and in tests.
 INVALID_JSON = "invalid_json"
 BAD_CSV_ROW = "bad_csv_row"
+NESTED_TOO_DEEP = "nested_too_deep"
+DUPLICATE_KEY = "duplicate_key"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
@@ -25,6 +27,8 @@ PROMPT_MISMATCH = "prompt_mismatch"
 REASONS: dict[str, str] = {
     INVALID_JSON: "the line is not valid JSON",
     BAD_CSV_ROW: "the CSV record has a different number of fields than the header",
+    NESTED_TOO_DEEP: "the row nests arrays or objects deeper than the JSON parser goes",
+    DUPLICATE_KEY: "a JSON object has the same key twice (which value is meant is unknown)",
     NOT_AN_OBJECT: "the row is not a JSON object",
     MISSING_FIELD: "a required field is missing or null",
     WRONG_TYPE: "a field has the wrong type (e.g. a number where text is expected)",

@@ -2,7 +2,8 @@
 
 Row numbers are what a person looks up: the editor line for JSONL and CSV, the 1-based list position for JSON,
 the 1-based row for parquet and hub datasets. A JSONL line that is not JSON becomes a BadRecord (a row problem,
-not a file error), so one broken line never hides the others.
+not a file error), so one broken line never hides the others; so does a JSON row nested deeper than the parser goes
+or holding an object with a repeated key (json keeps the last value silently), in JSONL and in a JSON array alike.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from data_formats.errors import DataFormatError
-from data_formats.problems import BAD_CSV_ROW, INVALID_JSON
+from data_formats.problems import BAD_CSV_ROW, DUPLICATE_KEY, INVALID_JSON, NESTED_TOO_DEEP
 
 log = logging.getLogger(__name__)
 
 FILE_TYPES = (".json", ".jsonl", ".ndjson", ".csv", ".parquet")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _BOM = b"\xef\xbb\xbf"
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,30 @@ class BadRecord:
 
     reason: str
     detail: str
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    """json's object hook: the object as a dict, or _DuplicateKey where a key repeats (dict() keeps the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_repeats)
+
+
+def _row_problem(error: RecursionError | _DuplicateKey) -> BadRecord:
+    if isinstance(error, _DuplicateKey):
+        return BadRecord(DUPLICATE_KEY, f"an object has the key {error.key!r} twice")
+    return BadRecord(NESTED_TOO_DEEP, "arrays or objects nested deeper than the JSON parser goes")
 
 
 @dataclass
@@ -75,9 +102,11 @@ def _read_jsonl(file: Path, path: str) -> Records:
                 records.blank_lines += 1
                 continue
             try:
-                items.append((number, json.loads(line.decode())))  # decoded here: json's own sniffing is slower
+                items.append((number, _DECODER.decode(line.decode())))  # decoded here: json's own sniffing is slower
             except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
                 items.append((number, BadRecord(INVALID_JSON, f"not valid JSON: {e}")))
+            except (RecursionError, _DuplicateKey) as e:
+                items.append((number, _row_problem(e)))
     return records
 
 
@@ -87,18 +116,68 @@ def _read_json(file: Path, path: str) -> Records:
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: not UTF-8 text: {e}") from e
     try:
-        value = json.loads(text)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             log.info("%s: holds one JSON object per line; reading it as JSONL", path)
             return _read_jsonl(file, path)
         raise DataFormatError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+    except (RecursionError, _DuplicateKey) as e:
+        start = _JSON_SPACE.match(text).end()
+        if text.startswith("[", start):
+            return Records(path, "item", _read_json_items(text, path))
+        if _JSON_SPACE.match(text, _end_of_value(text, start, path)).end() < len(text):
+            log.info("%s: holds one JSON object per line; reading it as JSONL", path)
+            return _read_jsonl(file, path)
+        return Records(path, "item", [(1, _row_problem(e))])
     if type(value) is dict:
         return Records(path, "item", [(1, value)])
     if type(value) is not list:
         raise DataFormatError(f"{path}: the top-level JSON value must be a list of row objects (or one object), "
                               f"got {type(value).__name__}")
     return Records(path, "item", list(enumerate(value, 1)))
+
+
+def _read_json_items(text: str, path: str) -> list[tuple[int, Any]]:
+    """A JSON array item by item (the slow path, taken only when some item is a row problem)."""
+    items: list[tuple[int, Any]] = []
+    at = _JSON_SPACE.match(text, text.index("[") + 1).end()
+    closed = text.startswith("]", at)
+    while not closed:
+        try:
+            value, at = _DECODER.raw_decode(text, at)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+        except (RecursionError, _DuplicateKey) as e:
+            value, at = _row_problem(e), _end_of_value(text, at, path)
+        items.append((len(items) + 1, value))
+        at = _JSON_SPACE.match(text, at).end()
+        closed = text.startswith("]", at)
+        if not closed and not text.startswith(",", at):
+            _invalid_at(text, at, path, "Expecting ',' delimiter")
+        at = _JSON_SPACE.match(text, at + 1).end()
+    if at < len(text):
+        _invalid_at(text, at, path, "Extra data")
+    return items
+
+
+def _end_of_value(text: str, start: int, path: str) -> int:
+    """Where the array or object opening at `start` ends, found by bracket depth (brackets inside strings skipped)."""
+    depth = 0
+    for token in _STRING_OR_BRACKET.finditer(text, start):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+        elif bracket in "]}":
+            depth -= 1
+            if depth == 0:
+                return token.end()
+    _invalid_at(text, len(text), path, "Unterminated array or object")
+
+
+def _invalid_at(text: str, at: int, path: str, message: str) -> NoReturn:
+    error = json.JSONDecodeError(message, text, at)
+    raise DataFormatError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {message}")
 
 
 def _read_csv(file: Path, path: str) -> Records:
