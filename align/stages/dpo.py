@@ -123,6 +123,8 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     import datasets
     import trl
 
+    if cfg.precompute_ref_log_probs and cfg.ref_cache:
+        ref_cache.check_writable()
     fused_head.score_labelled_positions_only()
     models.configure_threads(cfg.train.num_threads)
     model_path = models.resolve_path(cfg.model.name_or_path)

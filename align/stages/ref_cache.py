@@ -43,6 +43,18 @@ def cache_root() -> Path:
     return registry.cache_dir() / "ref_logps"
 
 
+def check_writable() -> None:
+    """Refuse a cache dir this process cannot write before any work: _write finds out only after the reference pass."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(dir=root, prefix=".write-check-")).rmdir()
+    except OSError as e:
+        raise ConfigError(f"ref_cache: cannot write the reference log-prob cache dir {root} "
+                          f"({e.strerror or e}); make it writable, point $ALIGN_CACHE_DIR elsewhere, "
+                          f"or set ref_cache=false") from e
+
+
 def weights_hash(model) -> str:
     """sha256 of a model's architecture config and every state-dict tensor (name, dtype, shape and bits)."""
     import torch
