@@ -6,10 +6,15 @@ as `<field>: <what is wrong>` so the loader can report them all at once with ful
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+"""transformers.SchedulerType's names, listed here so the config check stays torch-free (a test keeps them equal)."""
 
 
 @dataclass
@@ -184,7 +189,7 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step."""
     learning_rate: float = 2e-5
     lr_scheduler: str = "cosine"
-    """Any transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."""
+    """Any transformers scheduler name (LR_SCHEDULERS): linear, cosine, constant, constant_with_warmup, ..."""
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -218,6 +223,10 @@ class TrainConfig:
             problems.append(f"epochs: must be > 0 when max_steps is -1, got {self.epochs}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            close = difflib.get_close_matches(self.lr_scheduler, LR_SCHEDULERS, n=1)
+            hint = f"Did you mean '{close[0]}'?" if close else f"Schedulers: {', '.join(LR_SCHEDULERS)}."
+            problems.append(f"lr_scheduler: unknown scheduler {self.lr_scheduler!r}. {hint}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.eval_steps < 0 or self.num_threads < 0:

@@ -63,8 +63,6 @@ def build(cfg: PPOConfig, resume_from: str | None = None) -> PPOBuild:
     reward_fn = None
     if cfg.reward_model.function:
         reward_fn = reward_functions.load(cfg.reward_model.function, "reward_model.function")
-    if cfg.train.lr_scheduler not in [s.value for s in transformers.SchedulerType]:
-        raise ConfigError(f"train.lr_scheduler: unknown scheduler {cfg.train.lr_scheduler!r}")
     accelerator = Accelerator(cpu=models.use_cpu())
     world = accelerator.num_processes
     rollout_batch, mini_batches, micro_batch = ppo_cfg.rollout_batch_size, ppo_cfg.mini_batches, ppo_cfg.micro_batch
