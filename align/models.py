@@ -89,17 +89,30 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     from transformers import AutoTokenizer
 
     path = path or resolve_path(cfg.name_or_path)
+    template = chat_template_text(cfg.chat_template) if cfg.chat_template else None
     tokenizer = _loading("tokenizer", cfg.name_or_path, AutoTokenizer.from_pretrained, path,
                          revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    if cfg.chat_template:
-        template_path = Path(cfg.chat_template).expanduser()
-        is_file = "{" not in cfg.chat_template and template_path.is_file()
-        tokenizer.chat_template = template_path.read_text(encoding="utf-8") if is_file else cfg.chat_template
+    if template:
+        tokenizer.chat_template = template
     if tokenizer.eos_token is None:
         raise ModelError(f"tokenizer of {cfg.name_or_path!r} has no eos token; stages need one to end replies")
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         _choose_pad_token(tokenizer)
     return tokenizer
+
+
+def chat_template_text(value: str) -> str:
+    """model.chat_template: the text of the file it names, else the value itself as inline Jinja. A value that
+    looks like a path but is no file is refused: used as the template it would only fail later, misleadingly."""
+    if "{" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    if "/" in value or value.lower().endswith((".jinja", ".j2", ".txt")):
+        raise ModelError(f"model.chat_template: {value!r} looks like a path but is not a file; give an existing "
+                         f"template file or the Jinja template text itself")
+    return value
 
 
 def _choose_pad_token(tokenizer) -> None:

@@ -1,5 +1,6 @@
-"""Config mistakes that used to end in a traceback (often after the weights loaded) are refused as one `error:` line
-with exit 2: an unknown lr_scheduler, ..."""
+"""Config mistakes that used to end in a traceback or a misleading error (often after the weights loaded) are refused
+as one `error:` line with exit 2, before the weights load: an unknown lr_scheduler, a chat_template path that is not a
+file, an output_dir that is a file."""
 
 from __future__ import annotations
 
@@ -53,3 +54,27 @@ def test_unknown_lr_scheduler(tmp_path, tiny_model_dir, capsys, no_model_load, s
 
 def test_the_scheduler_list_is_transformers_own():
     assert set(sections.LR_SCHEDULERS) == {s.value for s in transformers.SchedulerType}
+
+
+@pytest.mark.parametrize("template", ["templates/chat.jinja", "missing.j2", "./no/such/file"])
+def test_a_chat_template_path_that_is_not_a_file(tmp_path, tiny_model_dir, capsys, no_model_load, template):
+    path = stage_yaml(tmp_path, "sft", tiny_model_dir, model={"chat_template": template})
+    err = refused(capsys, ["sft", "--config", path])
+    assert f"model.chat_template: {template!r} looks like a path but is not a file" in err
+
+
+def test_an_inline_chat_template_and_a_template_file_still_work(tmp_path, tiny_model_dir):
+    from align.models import load_tokenizer
+    from align.sections import ModelConfig
+
+    inline = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert load_tokenizer(ModelConfig(str(tiny_model_dir), chat_template=inline)).chat_template == inline
+    file = tmp_path / "chat.jinja"
+    file.write_text(inline)
+    assert load_tokenizer(ModelConfig(str(tiny_model_dir), chat_template=str(file))).chat_template == inline
+
+
+def test_output_dir_that_is_a_file(tmp_path, tiny_model_dir, capsys, no_model_load):
+    (tmp_path / "out").write_text("a file where the run dir goes")
+    err = refused(capsys, ["sft", "--config", stage_yaml(tmp_path, "sft", tiny_model_dir)])
+    assert f"train.output_dir: {tmp_path / 'out'} is a file" in err
