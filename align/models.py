@@ -141,6 +141,10 @@ def _model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         "trust_remote_code": cfg.trust_remote_code,
     }
     if cfg.attn_implementation:
+        if cfg.attn_implementation.startswith("flash_attention") and use_cpu():
+            # transformers fails deep inside from_pretrained with an ImportError or a kernel-download error.
+            raise ModelError(f"model.attn_implementation: {cfg.attn_implementation} needs a CUDA GPU; none is "
+                             f"available. Use sdpa or eager on CPU (or leave it unset)")
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.lora.quantize_4bit:
         kwargs["quantization_config"] = _four_bit_config(kwargs["dtype"])

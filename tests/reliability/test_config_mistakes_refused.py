@@ -1,12 +1,13 @@
 """Config mistakes that used to end in a traceback or a misleading error (often after the weights loaded) are refused
 as one `error:` line with exit 2, before the weights load: an unknown lr_scheduler, a chat_template path that is not a
-file, an output_dir that is a file."""
+file, an output_dir that is a file, flash attention on CPU."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 import transformers
 import yaml
 from tiny import CONVERSATIONS, PAIRS, messages, write_pairs
@@ -78,3 +79,11 @@ def test_output_dir_that_is_a_file(tmp_path, tiny_model_dir, capsys, no_model_lo
     (tmp_path / "out").write_text("a file where the run dir goes")
     err = refused(capsys, ["sft", "--config", stage_yaml(tmp_path, "sft", tiny_model_dir)])
     assert f"train.output_dir: {tmp_path / 'out'} is a file" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a CUDA GPU")
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3"])
+def test_flash_attention_on_cpu(tmp_path, tiny_model_dir, capsys, kernel):
+    path = stage_yaml(tmp_path, "sft", tiny_model_dir, model={"attn_implementation": kernel})
+    err = refused(capsys, ["sft", "--config", path])
+    assert f"model.attn_implementation: {kernel} needs a CUDA GPU" in err and "sdpa" in err
