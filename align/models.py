@@ -234,8 +234,8 @@ def load_sequence_classifier(cfg: ModelConfig, path: str | None = None, pad_toke
     return model
 
 
-def peft_config(lora: LoraConfig, task_type: str = "CAUSAL_LM"):
-    """A peft.LoraConfig for the stage, or None when LoRA is off."""
+def peft_config(lora: LoraConfig, model, task_type: str = "CAUSAL_LM"):
+    """A peft.LoraConfig for `model`, or None when LoRA is off."""
     if not lora.enabled:
         return None
     import peft
@@ -243,10 +243,36 @@ def peft_config(lora: LoraConfig, task_type: str = "CAUSAL_LM"):
     targets: str | list[str] = lora.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
+    else:
+        _check_lora_targets(model, lora.target_modules)
     # A sequence classifier's fresh score head must train and be saved with the adapter.
     modules_to_save = ["score"] if task_type == "SEQ_CLS" else None
     return peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                            task_type=task_type, modules_to_save=modules_to_save)
+
+
+def _check_lora_targets(model, targets: list[str]) -> None:
+    """Name targets that match no module or no layer LoRA adapts, with the layers it can: peft silently skips a
+    missing name while another matches, and fails with a bare ValueError on a container such as `mlp`."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    # The layer types peft 0.21's LoRA adapts (its "is not supported" error lists the same).
+    adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D,
+                 torch.nn.MultiheadAttention)
+    modules = dict(model.named_modules())
+    problems = []
+    for target in targets:  # peft's matching for a list of names: the whole name or its dotted suffix
+        matched = [module for name, module in modules.items() if name == target or name.endswith(f".{target}")]
+        if not matched:
+            problems.append(f"{target!r} not in the model")
+        elif not all(isinstance(module, adaptable) for module in matched):
+            unfit = next(module for module in matched if not isinstance(module, adaptable))
+            problems.append(f"{target!r} ({type(unfit).__name__}) not a layer LoRA can adapt")
+    if problems:
+        names = sorted({name.rsplit(".", 1)[-1] for name, module in modules.items() if isinstance(module, adaptable)})
+        raise ModelError(f"model.lora.target_modules: {'; '.join(problems)}. Layers of this model LoRA can adapt: "
+                         f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''} (or all-linear)")
 
 
 def disable_dropout(model) -> None:

@@ -167,7 +167,7 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
-        peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora),
+        peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora, policy),
         callbacks=stage_callbacks.callbacks,
         **precompute,
     )

@@ -110,7 +110,7 @@ def build(cfg: RewardConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
-        peft_config=models.peft_config(cfg.model.lora, "SEQ_CLS"),
+        peft_config=models.peft_config(cfg.model.lora, model, "SEQ_CLS"),
         callbacks=stage_callbacks.callbacks,
     )
     trainable, total = models.count_parameters(trainer.model)

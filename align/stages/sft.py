@@ -100,7 +100,7 @@ def build(cfg: SFTConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
-        peft_config=models.peft_config(cfg.model.lora),
+        peft_config=models.peft_config(cfg.model.lora, model),
         callbacks=stage_callbacks.callbacks,
     )
     trainable, total = models.count_parameters(trainer.model)

@@ -1,6 +1,7 @@
 """Config mistakes that used to end in a traceback or a misleading error (often after the weights loaded) are refused
 as one `error:` line with exit 2, before the weights load: an unknown lr_scheduler, a chat_template path that is not a
-file, an output_dir that is a file, flash attention on CPU."""
+file, an output_dir that is a file, flash attention on CPU;
+and, once the weights load, LoRA target modules the model lacks."""
 
 from __future__ import annotations
 
@@ -87,3 +88,14 @@ def test_flash_attention_on_cpu(tmp_path, tiny_model_dir, capsys, kernel):
     path = stage_yaml(tmp_path, "sft", tiny_model_dir, model={"attn_implementation": kernel})
     err = refused(capsys, ["sft", "--config", path])
     assert f"model.attn_implementation: {kernel} needs a CUDA GPU" in err and "sdpa" in err
+
+
+@pytest.mark.parametrize(("targets", "named"), [
+    (["q_proj", "qkv_proj"], "'qkv_proj' not in the model"),
+    (["mlp"], "'mlp' (LlamaMLP) not a layer LoRA can adapt"),
+])
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_lora_targets_the_model_lacks(tmp_path, tiny_model_dir, capsys, stage, targets, named):
+    path = stage_yaml(tmp_path, stage, tiny_model_dir, model={"lora": {"enabled": True, "target_modules": targets}})
+    err = refused(capsys, [stage, "--config", path])
+    assert f"model.lora.target_modules: {named}" in err and "q_proj" in err.split("adapt:")[-1]

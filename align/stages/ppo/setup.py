@@ -144,7 +144,7 @@ def _load_models(cfg: PPOConfig, tokenizer: PreTrainedTokenizerBase, checkpoint:
         import peft
 
         policy = (peft.PeftModel.from_pretrained(policy, checkpoint / POLICY_DIR, is_trainable=True) if checkpoint
-                  else peft.get_peft_model(policy, models.peft_config(cfg.model.lora)))
+                  else peft.get_peft_model(policy, models.peft_config(cfg.model.lora, policy)))
     value_source = cfg.value_model.name_or_path or cfg.reward_model.name_or_path or cfg.model.name_or_path
     value_cfg, value_path = _frozen_model_config(cfg, value_source)
     value_model = models.load_sequence_classifier(value_cfg, str(checkpoint / VALUE_MODEL_DIR) if checkpoint
