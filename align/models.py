@@ -66,6 +66,10 @@ def resolve_path(name_or_path: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"model path {name_or_path!r} is a file; expected a checkpoint directory")
+        if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+            # transformers would fail on it with an unrelated tokenizer or config error.
+            raise ModelError(f"model path {name_or_path!r} is a directory but not a model: it has no config.json "
+                             f"(nor {ADAPTER_CONFIG} of a LoRA adapter). Give a checkpoint directory")
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ModelError(

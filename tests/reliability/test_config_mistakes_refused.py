@@ -1,6 +1,6 @@
 """Config mistakes that used to end in a traceback or a misleading error (often after the weights loaded) are refused
 as one `error:` line with exit 2, before the weights load: an unknown lr_scheduler, a chat_template path that is not a
-file, an output_dir that is a file, flash attention on CPU;
+file, an output_dir that is a file, flash attention on CPU, a directory that is not a model;
 and, once the weights load, LoRA target modules the model lacks."""
 
 from __future__ import annotations
@@ -99,3 +99,11 @@ def test_lora_targets_the_model_lacks(tmp_path, tiny_model_dir, capsys, stage, t
     path = stage_yaml(tmp_path, stage, tiny_model_dir, model={"lora": {"enabled": True, "target_modules": targets}})
     err = refused(capsys, [stage, "--config", path])
     assert f"model.lora.target_modules: {named}" in err and "q_proj" in err.split("adapt:")[-1]
+
+
+def test_a_directory_that_is_not_a_model(tmp_path, tiny_model_dir, capsys):
+    empty = tmp_path / "not-a-model"
+    (empty / "notes").mkdir(parents=True)
+    path = stage_yaml(tmp_path, "sft", tiny_model_dir, model={"name_or_path": str(empty)})
+    err = refused(capsys, ["sft", "--config", path])
+    assert f"model path {str(empty)!r} is a directory but not a model" in err and "config.json" in err
