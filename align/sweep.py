@@ -160,15 +160,22 @@ def _run_trial(kind: str, trial_cfg) -> dict[str, Any]:
     return stages.run(kind, trial_cfg).metrics
 
 
-def run(cfg: SweepConfig, shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
-    """Run the trials of this shard that are not finished yet; return every finished trial's result, ranked."""
+def load_trials(cfg: SweepConfig) -> tuple[str, list[Trial], dict[int, Any]]:
+    """The base's kind, the trials and every trial's loaded config: loading checks them all (what `align validate`
+    does too), so a bad value or an unknown swept key fails before any trial trains."""
     kind = _base_kind(cfg.base)
     if not kind or kind == "sweep":
         raise ConfigError(f"base: {cfg.base} must be a stage or pipeline config (with a `stage:` key)")
     run_dir = Path(cfg.run_dir)
     all_trials = trials(cfg)
-    # Check every trial's config before training any, so a bad value fails fast.
     loaded = {t.index: _load_trial(kind, cfg.base, trial_overrides(cfg, t, run_dir / t.name, kind)) for t in all_trials}
+    return kind, all_trials, loaded
+
+
+def run(cfg: SweepConfig, shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
+    """Run the trials of this shard that are not finished yet; return every finished trial's result, ranked."""
+    kind, all_trials, loaded = load_trials(cfg)
+    run_dir = Path(cfg.run_dir)
     config.save_config(cfg, run_dir)
     index, count = shard
     for trial in all_trials:

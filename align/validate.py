@@ -35,6 +35,10 @@ def validate_file(path: Path) -> None:
         from align import pipeline
 
         pipeline.load(path)  # its stage configs too
+    elif kind == "sweep":
+        from align import sweep
+
+        sweep.load_trials(config.load_config(sweep.SweepConfig, path))  # its trial configs too
     elif kind in COMMANDS:
         module, name = COMMANDS[kind]
         config.load_config(getattr(importlib.import_module(module), name), path)

@@ -1,7 +1,7 @@
 """Config mistakes that used to end in a traceback or a misleading error (often after the weights loaded) are refused
 as one `error:` line with exit 2, before the weights load: an unknown lr_scheduler, a chat_template path that is not a
 file, an output_dir that is a file, flash attention on CPU, a directory that is not a model;
-and, once the weights load, LoRA target modules the model lacks."""
+and, once the weights load, LoRA target modules the model lacks. `align validate` checks a sweep's trial configs."""
 
 from __future__ import annotations
 
@@ -107,3 +107,13 @@ def test_a_directory_that_is_not_a_model(tmp_path, tiny_model_dir, capsys):
     path = stage_yaml(tmp_path, "sft", tiny_model_dir, model={"name_or_path": str(empty)})
     err = refused(capsys, ["sft", "--config", path])
     assert f"model path {str(empty)!r} is a directory but not a model" in err and "config.json" in err
+
+
+def test_validate_checks_a_sweeps_trials(tmp_path, tiny_model_dir, capsys):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"stage": "sweep", "base": stage_yaml(tmp_path, "dpo", tiny_model_dir),
+                                     "run_dir": str(tmp_path / "sweep"), "method": "grid",
+                                     "parameters": {"bta": [0.1, 0.3]}, "metric": "eval_loss", "mode": "min"}))
+    assert cli.main(["validate", str(sweep)]) == 2
+    assert "bta: unknown key. Did you mean 'beta'?" in capsys.readouterr().out
+    assert not (tmp_path / "sweep").exists(), "validating writes nothing"
