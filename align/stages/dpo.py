@@ -143,7 +143,8 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     arguments = trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
                                           default_metric="eval_rewards/accuracies")
     arguments["per_device_eval_batch_size"] = trainer_stage.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
-    args = trl.DPOConfig(
+    args = trainer_stage.trl_arguments(
+        trl.DPOConfig, cfg.trainer_overrides,
         **arguments,
         max_length=cfg.train.max_length,
         beta=cfg.beta,
@@ -151,7 +152,6 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         loss_weights=cfg.loss_weights,
         label_smoothing=cfg.label_smoothing,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        **cfg.trainer_overrides,
     )
     trainer_class, precompute, summary = trl.DPOTrainer, {}, {"reference": described}
     if cfg.precompute_ref_log_probs:

@@ -98,11 +98,11 @@ def build(cfg: RewardConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     arguments = trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
                                                  default_metric="eval_accuracy")
     arguments["per_device_eval_batch_size"] = trainer_stage.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
-    args = trl.RewardConfig(
+    args = trainer_stage.trl_arguments(
+        trl.RewardConfig, cfg.trainer_overrides,
         **arguments,
         max_length=cfg.train.max_length,
         center_rewards_coefficient=cfg.center_rewards_coefficient,
-        **cfg.trainer_overrides,
     )
     trainer = trl.RewardTrainer(
         model=model,

@@ -86,11 +86,11 @@ def build(cfg: SFTConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         collator = packing.PackedCollator(pad_token_id=tokenizer.pad_token_id, dtype=model.dtype)
         log.info("packed into %d train sequences of up to %d tokens", len(train_rows), cfg.train.max_length)
     stage_callbacks = trainer_stage.trainer_callbacks(cfg, model, tracker, tokenizer=tokenizer, stage_data=stage_data)
-    args = trl.SFTConfig(
+    args = trainer_stage.trl_arguments(
+        trl.SFTConfig, cfg.trainer_overrides,
         **trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval),
         max_length=cfg.train.max_length,
         packing=trl_packs,
-        **cfg.trainer_overrides,
     )
     trainer_class = packing.packed_sft_trainer(trl) if collator is not None else trl.SFTTrainer
     trainer = trainer_class(

@@ -47,6 +47,18 @@ def check_trainer_overrides(overrides: dict[str, Any], trl_config: str, owned: d
     return problems
 
 
+def trl_arguments(config_class, overrides: dict[str, Any], **arguments):
+    """`config_class(**arguments, **overrides)`. TrainingArguments checks values only when built; what it rejects
+    once `trainer_overrides` are given is a ConfigError naming them, not a traceback."""
+    try:
+        return config_class(**arguments, **overrides)
+    except (ValueError, TypeError) as e:
+        if not overrides:
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"trainer_overrides: trl.{config_class.__name__} rejects {overrides}: {reason}") from e
+
+
 # Which of our keys sets each TrainingArguments field, for the trainer_overrides error message.
 OWNED_ARGUMENTS = {
     "output_dir": "train.output_dir", "num_train_epochs": "train.epochs", "max_steps": "train.max_steps",

@@ -1,7 +1,7 @@
 """Config mistakes that used to end in a traceback or a misleading error (often after the weights loaded) are refused
 as one `error:` line with exit 2, before the weights load: an unknown lr_scheduler, a chat_template path that is not a
 file, an output_dir that is a file, flash attention on CPU, a directory that is not a model;
-and, once the weights load, LoRA target modules the model lacks. `align validate` checks a sweep's trial configs."""
+and, once the weights load, LoRA target modules the model lacks and a trainer_overrides value TRL rejects. `align validate` checks a sweep's trial configs."""
 
 from __future__ import annotations
 
@@ -117,3 +117,10 @@ def test_validate_checks_a_sweeps_trials(tmp_path, tiny_model_dir, capsys):
     assert cli.main(["validate", str(sweep)]) == 2
     assert "bta: unknown key. Did you mean 'beta'?" in capsys.readouterr().out
     assert not (tmp_path / "sweep").exists(), "validating writes nothing"
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_a_trainer_overrides_value_trl_rejects(tmp_path, tiny_model_dir, capsys, stage):
+    path = stage_yaml(tmp_path, stage, tiny_model_dir, trainer_overrides={"optim": "adamw_nope"})
+    err = refused(capsys, [stage, "--config", path])
+    assert "trainer_overrides: " in err and "adamw_nope" in err
