@@ -87,6 +87,12 @@ def _loading(what: str, name: str, fn, *args, **kwargs):
             f"could not load {what} {name!r}: {e}. It is not a local directory or registered alias, and the hub "
             f"could not provide it (offline?). See `align models list`."
         ) from e
+    except ValueError as e:
+        # transformers refuses a checkpoint whose code ships with it unless trusted; its message names the argument.
+        if kwargs.get("trust_remote_code") or "trust_remote_code" not in str(e):
+            raise
+        raise ModelError(f"{what} {name!r} comes with its own Python code, which runs only with "
+                         f"model.trust_remote_code=true; set it if you trust the source") from e
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):

@@ -1,11 +1,13 @@
-"""Config mistakes that used to end in a traceback or a misleading error (often after the weights loaded) are refused
-as one `error:` line with exit 2, before the weights load: an unknown lr_scheduler, a chat_template path that is not a
-file, an output_dir that is a file, flash attention on CPU, a directory that is not a model;
-and, once the weights load, LoRA target modules the model lacks and a trainer_overrides value TRL rejects. `align validate` checks a sweep's trial configs."""
+"""Config mistakes that used to end in a traceback or a misleading error are refused as one `error:` line with exit
+2. Before the weights load: an unknown lr_scheduler, a chat_template path that is not a file, an output_dir that is a
+file, flash attention on CPU, a directory that is not a model, a model with its own code without trust_remote_code.
+Once they load: LoRA target modules the model lacks, a trainer_overrides value TRL rejects. And `align validate`
+checks a sweep's trial configs."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -124,3 +126,16 @@ def test_a_trainer_overrides_value_trl_rejects(tmp_path, tiny_model_dir, capsys,
     path = stage_yaml(tmp_path, stage, tiny_model_dir, trainer_overrides={"optim": "adamw_nope"})
     err = refused(capsys, [stage, "--config", path])
     assert "trainer_overrides: " in err and "adamw_nope" in err
+
+
+def test_a_model_with_custom_code_without_trust_remote_code(tmp_path, tiny_model_dir, capsys, no_model_load):
+    custom = tmp_path / "custom-model"
+    shutil.copytree(tiny_model_dir, custom)
+    config_file = custom / "config.json"
+    settings = json.loads(config_file.read_text())
+    settings.update(model_type="tiny_custom", auto_map={"AutoConfig": "configuration_tiny.TinyConfig",
+                                                        "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"})
+    config_file.write_text(json.dumps(settings))
+    path = stage_yaml(tmp_path, "sft", tiny_model_dir, model={"name_or_path": str(custom)})
+    err = refused(capsys, ["sft", "--config", path])
+    assert "trust_remote_code" in err and str(custom) in err
