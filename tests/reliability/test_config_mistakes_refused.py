@@ -1,7 +1,7 @@
 """Config mistakes that used to end in a traceback or a misleading error are refused as one `error:` line with exit
 2. Before the weights load: an unknown lr_scheduler, a chat_template path that is not a file, an output_dir that is a
-file, flash attention on CPU, a directory that is not a model, a model with its own code without trust_remote_code.
-Once they load: LoRA target modules the model lacks, a trainer_overrides value TRL rejects. And `align validate`
+file, flash attention on CPU, a directory that is not a model, a model with its own code without trust_remote_code
+(refused when its config is read). Once they load: LoRA target modules the model lacks, a trainer_overrides value TRL rejects. And `align validate`
 checks a sweep's trial configs."""
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_a_trainer_overrides_value_trl_rejects(tmp_path, tiny_model_dir, capsys,
     assert "trainer_overrides: " in err and "adamw_nope" in err
 
 
-def test_a_model_with_custom_code_without_trust_remote_code(tmp_path, tiny_model_dir, capsys, no_model_load):
+def test_a_model_with_custom_code_without_trust_remote_code(tmp_path, tiny_model_dir, capsys):
     custom = tmp_path / "custom-model"
     shutil.copytree(tiny_model_dir, custom)
     config_file = custom / "config.json"
