@@ -1,12 +1,13 @@
 """Config mistakes that used to end in a traceback or a misleading error are refused as one `error:` line with exit
 2. Before the weights load: an unknown lr_scheduler, a chat_template path that is not a file, an output_dir that is a
-file, flash attention on CPU, a directory that is not a model, a model with its own code without trust_remote_code
-(refused when its config is read). Once they load: LoRA target modules the model lacks, a trainer_overrides value TRL rejects. And `align validate`
-checks a sweep's trial configs."""
+file or cannot be written, flash attention on CPU, a directory that is not a model, a model with its own code without
+trust_remote_code (refused when its config is read). Once they load: LoRA target modules the model lacks, a
+trainer_overrides value TRL rejects. And `align validate` checks a sweep's trial configs."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -139,3 +140,11 @@ def test_a_model_with_custom_code_without_trust_remote_code(tmp_path, tiny_model
     path = stage_yaml(tmp_path, "sft", tiny_model_dir, model={"name_or_path": str(custom)})
     err = refused(capsys, ["sft", "--config", path])
     assert "trust_remote_code" in err and str(custom) in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_dir_that_cannot_be_written(tmp_path, tiny_model_dir, capsys, no_model_load):
+    # root ignores permission bits; /proc refuses new directories to anyone.
+    path = stage_yaml(tmp_path, "sft", tiny_model_dir, train={"output_dir": "/proc/align-out"})
+    err = refused(capsys, ["sft", "--config", path])
+    assert "train.output_dir: cannot write in /proc/align-out" in err
