@@ -27,6 +27,11 @@ class StageData:
     eval_origins: list[str] = field(default_factory=list)
     """The source path of each eval row, in order."""
 
+    def origins_of(self, rows: list[dict]) -> list[str]:
+        """The source path of each of `rows`, eval rows a stage kept (kept rows are the same objects)."""
+        origin = {id(row): path for row, path in zip(self.eval, self.eval_origins, strict=True)}
+        return [origin[id(row)] for row in rows]
+
 
 def sources(cfg: DataConfig, which: str) -> list[data_formats.Source]:
     return [

@@ -58,6 +58,11 @@ def use_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def device() -> str:
+    """Where a model runs when no accelerator or trainer places it: "cpu", or "cuda" when a GPU is there."""
+    return "cpu" if use_cpu() else "cuda"
+
+
 def resolve_path(name_or_path: str) -> str:
     """Alias -> cached checkpoint (pulled on first use); an existing directory -> itself; anything else is a hub id."""
     if name_or_path in registry.ALIASES:

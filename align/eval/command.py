@@ -237,7 +237,7 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
     policy, loaded one at a time, then the judge on the preference pairs."""
     data, reference, spec, rule = built.data, built.reference, built.judge, built.rule
     models.configure_threads(cfg.num_threads)
-    device = "cpu" if models.use_cpu() else "cuda"
+    device = models.device()
     report = new_report(cfg, data, built.judge_spec)
     samples: list[dict] = []
     # Per-pair outcomes of every way of ranking the pairs: each policy's implicit reward, the judge, the baselines.

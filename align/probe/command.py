@@ -26,7 +26,7 @@ def run(cfg: ProbeConfig) -> results.ProbeResult:
         raise ConfigError(f"data: {cfg.data} has no preference pairs")
     out = Path(cfg.out) if cfg.out else Path(cfg.reward_model) / "probe"
     config.save_config(cfg, out)
-    judge = judges.RewardModelJudge.load(models.resolve_path(cfg.reward_model), "cpu" if models.use_cpu() else "cuda",
+    judge = judges.RewardModelJudge.load(models.resolve_path(cfg.reward_model), models.device(),
                                     cfg.batch_size)
     log.info("probing %s on the chosen replies of %d pairs from %s", cfg.reward_model, len(pairs), cfg.data)
     return scoring.score_and_write(judge, [p["prompt"] for p in pairs], [reply_text(p["chosen"]) for p in pairs],

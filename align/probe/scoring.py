@@ -30,12 +30,7 @@ def probe(score: Score, prompts: list[list[dict]], replies: list[str], *, reward
           interval: results.Interval, batch_size: int, progress=None) -> results.ProbeResult:
     """Every variant of every reply, scored by `score` beside the reply itself. `progress(n)` is told of each batch
     of n replies scored."""
-    jobs: list[tuple[str | None, int, str]] = [(None, i, reply) for i, reply in enumerate(replies)]
-    for name, make in variants.VARIANTS.items():
-        for i, reply in enumerate(replies):
-            degraded = make(reply, last_user_text(prompts[i]))
-            if degraded is not None:
-                jobs.append((name, i, degraded))
+    jobs = _jobs(prompts, replies)
     scores: list[float] = []
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
@@ -53,10 +48,21 @@ def probe(score: Score, prompts: list[list[dict]], replies: list[str], *, reward
     return result
 
 
+def _jobs(prompts: list[list[dict]], replies: list[str]) -> list[tuple[str | None, int, str]]:
+    """(variant or None for the original, index of the original, text) of every reply `probe` scores, originals
+    first."""
+    jobs: list[tuple[str | None, int, str]] = [(None, i, reply) for i, reply in enumerate(replies)]
+    for name, make in variants.VARIANTS.items():
+        for i, reply in enumerate(replies):
+            degraded = make(reply, last_user_text(prompts[i]))
+            if degraded is not None:
+                jobs.append((name, i, degraded))
+    return jobs
+
+
 def job_count(replies: list[str], prompts: list[list[dict]]) -> int:
     """How many replies `probe` scores, for a progress bar."""
-    return len(replies) + sum(make(reply, last_user_text(prompt)) is not None
-                              for make in variants.VARIANTS.values() for reply, prompt in zip(replies, prompts))
+    return len(_jobs(prompts, replies))
 
 
 def score_and_write(judge: RewardModelJudge, prompts: list[list[dict]], replies: list[str], *,

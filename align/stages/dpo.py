@@ -19,7 +19,6 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,8 +173,7 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     trainable, total = models.count_parameters(trainer.model)
     log.info("dpo: %s, %d train / %d eval pairs, %s of %s parameters trainable; reference: %s",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}", described)
-    origins = dict(zip(map(id, stage_data.eval), stage_data.eval_origins, strict=True))
-    checks = _held_out_checks(cfg, eval_rows, [origins[id(row)] for row in eval_rows], tokenizer)
+    checks = _held_out_checks(cfg, eval_rows, stage_data.origins_of(eval_rows), tokenizer)
     return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
                                       callbacks=stage_callbacks, summary=summary,
                                       held_out_checks=checks if cfg.held_out_checks else None)
@@ -186,9 +184,9 @@ def _held_out_checks(cfg: DPOConfig, pairs: list[dict], origins: list[str],
     """The saved policy's implicit-reward ranking of the eval pairs beside its baselines (align.eval.baselines)."""
 
     def checks(out: Path) -> dict[str, Any]:
-        from align.eval import baselines, metrics, rankings, scoring
+        from align.eval import baselines, rankings, scoring
 
-        device = "cpu" if models.use_cpu() else "cuda"
+        device = models.device()
         reference_cfg = replace(cfg.model, name_or_path=cfg.reference or cfg.model.name_or_path,
                                 revision=None if cfg.reference else cfg.model.revision, gradient_checkpointing=False,
                                 lora=LoraConfig())
@@ -205,9 +203,8 @@ def _held_out_checks(cfg: DPOConfig, pairs: list[dict], origins: list[str],
         (reference_c, _), (reference_r, _) = logps["reference"]
         implicit = baselines.outcomes([p - r for p, r in zip(policy_c, reference_c, strict=True)],
                                       [p - r for p, r in zip(policy_r, reference_r, strict=True)])
-        ranked = {MODEL_RANKING: implicit, **rankings.length_rankings(pairs),
-                  **rankings.log_prob_rankings(*logps["reference"])}
-        table = baselines.table(ranked, origins, partial(metrics.bootstrap_ci, seed=cfg.train.seed))
+        table = rankings.table(pairs, origins, {MODEL_RANKING: implicit,
+                                                **rankings.log_prob_rankings(*logps["reference"])}, seed=cfg.train.seed)
         log.info("dpo: held-out pairs\n%s", baselines.markdown(table, [MODEL_RANKING]))
         return {"held_out": {"pairs": len(pairs), "accuracy": table}}
 

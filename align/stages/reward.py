@@ -86,7 +86,10 @@ def build(cfg: RewardConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
 
     limits = {"max_length": cfg.train.max_length, "drop_long": True, "dropped": dropped}
     train_rows = data.tokenize_all(stage_data.train, tokenize, split="train", **limits)
-    eval_rows = data.tokenize_all(stage_data.eval, tokenize, split="eval", **limits)
+    # Eval pairs keep their rows too: the held-out checks score the pairs the trainer evaluates.
+    eval_fitted = data.fit_to_length(stage_data.eval, tokenize, data.LengthLimit(cfg.train.max_length, True),
+                                     dropped=dropped, split="eval")
+    eval_rows = [encoding for _, encoding in eval_fitted]
     stage_data.dropped = dropped
     if not train_rows:
         raise ConfigError(f"data.train: no usable pairs after formatting and length limits ({dict(dropped)})")
@@ -117,14 +120,14 @@ def build(cfg: RewardConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     log.info("reward: %s, %d train / %d eval pairs (eval batches of %d), %s of %s parameters trainable",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), args.per_device_eval_batch_size,
              f"{trainable:,}", f"{total:,}")
-    kept = [(row, origin) for row, origin in zip(stage_data.eval, stage_data.eval_origins, strict=True)
-            if max(len(ids) for ids in tokenize(row).values()) <= cfg.train.max_length]
-    return trainer_stage.TrainerBuild(
-        trainer=trainer, tokenizer=tokenizer, stage_data=stage_data, callbacks=stage_callbacks,
-        held_out_checks=_held_out_checks(cfg, kept, tokenizer) if cfg.held_out_checks else None)
+    kept = [row for row, _ in eval_fitted]
+    checks = _held_out_checks(cfg, kept, stage_data.origins_of(kept), tokenizer) if cfg.held_out_checks else None
+    return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
+                                      callbacks=stage_callbacks, held_out_checks=checks)
 
 
-def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer) -> Callable[[Path], dict[str, Any]]:
+def _held_out_checks(cfg: RewardConfig, pairs: list[dict], origins: list[str],
+                     tokenizer) -> Callable[[Path], dict[str, Any]]:
     """The saved reward model's eval accuracy beside its baselines, and its exploit probe (align.probe)."""
 
     def checks(out: Path) -> dict[str, Any]:
@@ -132,9 +135,8 @@ def _held_out_checks(cfg: RewardConfig, kept: list[tuple[dict, str]], tokenizer)
         from align.probe import scoring as probe_scoring
         from align.probe.config import ProbeConfig
 
-        pairs, origins = [row for row, _ in kept], [origin for _, origin in kept]
         prompts = [row["prompt"] for row in pairs]
-        device = "cpu" if models.use_cpu() else "cuda"
+        device = models.device()
         judge = judges.RewardModelJudge.load(str(out), device, cfg.train.batch_size)
         chosen, rejected = (judge.score(prompts, [row[side] for row in pairs]) for side in ("chosen", "rejected"))
         starting = models.load_causal_lm(cfg.model, models.resolve_path(cfg.model.name_or_path)).to(device).eval()
