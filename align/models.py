@@ -71,7 +71,7 @@ def resolve_path(name_or_path: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"model path {name_or_path!r} is a file; expected a checkpoint directory")
-        if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+        if not is_model_dir(path):
             # transformers would fail on it with an unrelated tokenizer or config error.
             raise ModelError(f"model path {name_or_path!r} is a directory but not a model: it has no config.json "
                              f"(nor {ADAPTER_CONFIG} of a LoRA adapter). Give a checkpoint directory")
@@ -82,6 +82,11 @@ def resolve_path(name_or_path: str) -> str:
             f"HuggingFaceTB/SmolLM2-135M-Instruct, or an alias: {', '.join(registry.ALIASES)}"
         )
     return name_or_path
+
+
+def is_model_dir(path: Path) -> bool:
+    """A checkpoint directory: a full model (config.json) or a LoRA adapter (adapter_config.json)."""
+    return (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file()
 
 
 def _loading(what: str, name: str, fn, *args, **kwargs):

@@ -276,6 +276,31 @@ def stopped_by(alert: Alert, output_dir: Path) -> dict[str, Any]:
                            "the cause) to continue from the last checkpoint"}
 
 
+def pipeline_stages(run_dir: Path) -> list[tuple[str, Path]]:
+    """(stage, dir) of every finished stage under a pipeline run dir, in the order they finished.
+
+    A stage dir holds summary.json (written last, with `finished_at`) and config.yaml (with `stage:`). Order is by
+    `finished_at`, then by the summary file's modification time (finished_at has one-second resolution).
+    """
+    import yaml
+
+    found = []
+    for sub in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        summary, cfg = sub / SUMMARY, sub / CONFIG_FILE
+        if not (summary.is_file() and cfg.is_file()):
+            continue
+        try:
+            stage = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("stage")
+        except (yaml.YAMLError, AttributeError) as e:
+            raise ConfigError(f"{cfg}: not a stage's config.yaml: {e}") from e
+        if not isinstance(stage, str):
+            log.warning("%s: config.yaml names no stage; left out", sub)
+            continue
+        finished = json.loads(summary.read_text(encoding="utf-8")).get("finished_at", "")
+        found.append((finished, summary.stat().st_mtime_ns, stage, sub))
+    return [(stage, sub) for _, _, stage, sub in sorted(found)]
+
+
 def write_summary(output_dir: Path, stage: str, metrics: dict[str, Any], **sections: Any) -> Path:
     """Write summary.json, the stage's last file: its name, when it finished, its metrics, then `sections` in the
     order given (data, dropped, parameters, health, stopping...). Main process only."""

@@ -11,7 +11,6 @@ report (align.eval.report). DPO paper: https://huggingface.co/papers/2305.18290
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -76,37 +75,13 @@ class Candidate:
     path: str
 
 
-def is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / models.ADAPTER_CONFIG).is_file()
-
-
-def pipeline_stages(run_dir: Path) -> list[tuple[str, Path]]:
-    """(stage, dir) of every finished stage under a pipeline run dir, in the order they finished.
-
-    A stage dir holds summary.json (written last, with `finished_at`) and config.yaml (with `stage:`). Order is by
-    `finished_at`, then by the summary file's modification time (finished_at has one-second resolution).
-    """
-    found = []
-    for sub in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
-        summary, cfg = sub / rundir.SUMMARY, sub / rundir.CONFIG_FILE
-        if not (summary.is_file() and cfg.is_file()):
-            continue
-        stage = config.read_yaml(cfg).get("stage")
-        if not isinstance(stage, str):
-            log.warning("%s: config.yaml names no stage; left out of the comparison", sub)
-            continue
-        finished = json.loads(summary.read_text(encoding="utf-8")).get("finished_at", "")
-        found.append((finished, summary.stat().st_mtime_ns, stage, sub))
-    return [(stage, sub) for _, _, stage, sub in sorted(found)]
-
-
 def candidates(cfg: EvalConfig) -> tuple[list[Candidate], Candidate | None, str | None]:
     """(policies, reference, judge spec) for a policy dir, or for a pipeline run dir by this rule: every stage but
     `reward` is a policy, in finishing order; the reference is --reference, else the first of them (normally sft);
     the judge is --judge, else the last reward stage's output."""
     policy = Path(cfg.policy)
     reference = Candidate(Path(cfg.reference).resolve().name, cfg.reference) if cfg.reference else None
-    stages = [] if is_model_dir(policy) else pipeline_stages(policy)
+    stages = [] if models.is_model_dir(policy) else rundir.pipeline_stages(policy)
     if not stages:
         if reference is not None and reference.name == policy.resolve().name:  # run1/dpo vs run2/dpo: name by path
             return [Candidate(cfg.policy, cfg.policy)], Candidate(cfg.reference, cfg.reference), cfg.judge
