@@ -87,7 +87,7 @@ def generation_config(tokenizer, max_new_tokens: int, temperature: float, *, top
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, batch_size: int = 8, progress: Progress | None = None) -> Generated:
+             top_p: float = 1.0, seed: int = 0, batch_size: int = 8, progress: Progress | None = None) -> Generated:
     """Sample one reply per prompt, `batch_size` prompts at a time.
 
     The same prompts, seed and batch size give the same replies. The global torch random state is saved and
@@ -99,6 +99,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         prompts: chat prompts, each a list of messages ending on a user (or tool) turn.
         max_new_tokens: reply length limit.
         temperature: sampling temperature; 0 decodes greedily.
+        top_p: nucleus sampling cut (1: the whole distribution).
         seed: seed for sampling.
         batch_size: prompts per generate call.
         progress: told the number of prompts of each batch done (a progress bar's `update`).
@@ -111,7 +112,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
         raise ModelError(f"tokenizer pads with {tokenizer.pad_token!r}, its EOS token; sampling needs a pad token "
                          "that is not EOS (align.models.load_tokenizer picks one when the vocabulary has a spare)")
     ids = [prompt_ids(tokenizer, prompt) for prompt in prompts]
-    config = generation_config(tokenizer, max_new_tokens, temperature)
+    config = generation_config(tokenizer, max_new_tokens, temperature, top_p=top_p)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     responses: list[list[int]] = []
     has_eos: list[bool] = []
