@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from align import data, models
 from align.errors import ConfigError
 from align.observe.tracking import Tracker
 from align.rundir import StageResult
-from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
-from align.stages import fused_head, ref_cache
+from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.stages import fused_head, preference, ref_cache
 from align.stages import trainer as trainer_stage
 
 log = logging.getLogger(__name__)
@@ -130,13 +127,14 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     tokenizer = models.load_tokenizer(cfg.model, model_path)
 
     stage_data = data.load(cfg.data, "preference")
-    train_rows = _pairs_within_length(stage_data.train, tokenizer, cfg, stage_data.dropped, "train")
-    eval_rows = _pairs_within_length(stage_data.eval, tokenizer, cfg, stage_data.dropped, "eval")
+    train_rows, eval_rows = (preference.pairs_within_length(rows, tokenizer, cfg.train.max_length, cfg.data.drop_long,
+                                                            stage_data.dropped, split)
+                             for rows, split in ((stage_data.train, "train"), (stage_data.eval, "eval")))
     if not train_rows:
         raise ConfigError(f"data.train: no usable pairs after formatting and length limits "
                           f"({dict(stage_data.dropped)})")
 
-    policy, reference, described = _load_models(cfg, model_path, tokenizer)
+    policy, reference, described = preference.load_policy_and_reference(cfg, model_path, tokenizer, "dpo")
     has_eval = bool(eval_rows)
     stage_callbacks = trainer_stage.trainer_callbacks(cfg, policy, tracker, tokenizer=tokenizer, stage_data=stage_data)
     arguments = trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
@@ -157,7 +155,7 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         # Hashed before TRL adds a fresh LoRA adapter, `policy` is the reference (with sft_adapter=continue: base +
         # the sft adapter, which TRL copies as the frozen reference adapter).
         ref_logps = ref_cache.RefLogps.create(reference or policy, args, tokenizer, persist=cfg.ref_cache)
-        trainer_class, precompute = ref_cache.dpo_trainer(trl), {"ref_logps": ref_logps}
+        trainer_class, precompute = ref_cache.cached_trainer(trl.DPOTrainer), {"ref_logps": ref_logps}
         summary["reference_log_probs"] = ref_logps.report
     trainer = trainer_class(
         model=policy,
@@ -173,96 +171,12 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     trainable, total = models.count_parameters(trainer.model)
     log.info("dpo: %s, %d train / %d eval pairs, %s of %s parameters trainable; reference: %s",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}", described)
-    checks = _held_out_checks(cfg, eval_rows, stage_data.origins_of(eval_rows), tokenizer)
+    checks = preference.held_out_checks(cfg, eval_rows, stage_data.origins_of(eval_rows), tokenizer, stage="dpo",
+                                        ranking=MODEL_RANKING)
     return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
                                       callbacks=stage_callbacks, summary=summary,
                                       held_out_checks=checks if cfg.held_out_checks else None)
 
 
-def _held_out_checks(cfg: DPOConfig, pairs: list[dict], origins: list[str],
-                     tokenizer) -> Callable[[Path], dict[str, Any]]:
-    """The saved policy's implicit-reward ranking of the eval pairs beside its baselines (align.eval.baselines)."""
-
-    def checks(out: Path) -> dict[str, Any]:
-        from align.eval import baselines, rankings, scoring
-
-        device = models.device()
-        reference_cfg = replace(cfg.model, name_or_path=cfg.reference or cfg.model.name_or_path,
-                                revision=None if cfg.reference else cfg.model.revision, gradient_checkpointing=False,
-                                lora=LoraConfig())
-        prompts = [row["prompt"] for row in pairs]
-        logps = {}
-        for name, model_cfg in (("policy", replace(reference_cfg, name_or_path=str(out), revision=None)),
-                                ("reference", reference_cfg)):
-            model = models.frozen(models.load_causal_lm(model_cfg, models.resolve_path(model_cfg.name_or_path)))
-            logps[name] = [scoring.reply_logps_and_lengths(model.to(device), tokenizer, prompts,
-                                                           [row[side] for row in pairs], cfg.train.batch_size)
-                           for side in ("chosen", "rejected")]
-            del model
-        (policy_c, _), (policy_r, _) = logps["policy"]
-        (reference_c, _), (reference_r, _) = logps["reference"]
-        implicit = baselines.outcomes([p - r for p, r in zip(policy_c, reference_c, strict=True)],
-                                      [p - r for p, r in zip(policy_r, reference_r, strict=True)])
-        table = rankings.table(pairs, origins, {MODEL_RANKING: implicit,
-                                                **rankings.log_prob_rankings(*logps["reference"])}, seed=cfg.train.seed)
-        log.info("dpo: held-out pairs\n%s", baselines.markdown(table, [MODEL_RANKING]))
-        return {"held_out": {"pairs": len(pairs), "accuracy": table}}
-
-    return checks
-
-
 def run(cfg: DPOConfig) -> StageResult:
     return trainer_stage.run_trainer_stage(cfg, "dpo", build)
-
-
-def _pairs_within_length(rows: list[dict], tokenizer, cfg: DPOConfig, dropped: Counter, split: str) -> list[dict]:
-    """The pairs that keep reply tokens within train.max_length, counting the others. They stay untokenized: TRL
-    tokenizes them again and cuts the over-long ones to their first train.max_length tokens."""
-    max_length = cfg.train.max_length
-
-    def token_ids(row: dict) -> data.Encoding:
-        template = {"tools": row.get("tools"), "tokenize": True, "return_dict": True}
-        ids = {side: tokenizer.apply_chat_template(row["prompt"] + row[side], **template)["input_ids"]
-               for side in ("chosen", "rejected")}
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, **template)["input_ids"]
-        return {"prompt": prompt, **ids}
-
-    def no_reply_token(ids: data.Encoding) -> str | None:
-        return f"prompt alone fills train.max_length={max_length}" if len(ids["prompt"]) >= max_length else None
-
-    fitted = data.fit_to_length(rows, token_ids, data.LengthLimit(max_length, cfg.data.drop_long), dropped=dropped,
-                                split=split, unusable=no_reply_token)
-    return [row for row, _ in fitted]
-
-
-def _load_models(cfg: DPOConfig, model_path: str, tokenizer) -> tuple[Any, Any, str]:
-    """(policy, frozen reference or None for TRL to derive, what the reference is)."""
-    adapter_base = models.adapter_base(model_path)
-    if cfg.sft_adapter == "continue":
-        if adapter_base is None:
-            raise ConfigError(f"sft_adapter: continue needs model.name_or_path to be a LoRA adapter dir; "
-                              f"{cfg.model.name_or_path!r} is a full checkpoint")
-        import peft
-
-        base = models.load_causal_lm(cfg.model, models.resolve_path(adapter_base))
-        policy = peft.PeftModel.from_pretrained(base, model_path, is_trainable=True)
-    else:
-        policy = models.load_causal_lm(cfg.model, model_path)  # an adapter dir comes back merged
-
-    starting = f"the starting policy {cfg.model.name_or_path}" + (" (merged)" if adapter_base else "")
-    if cfg.reference is not None:
-        reference_cfg = replace(cfg.model, name_or_path=cfg.reference, revision=None, chat_template=None,
-                                gradient_checkpointing=False, lora=LoraConfig())
-        reference = models.frozen(models.load_causal_lm(reference_cfg))
-        policy_name = f"the policy {cfg.model.name_or_path!r}"
-        models.check_same_vocabulary(tokenizer, models.load_tokenizer(reference_cfg),
-                                     other=f"reference: {cfg.reference!r}", against=policy_name,
-                                     why="DPO scores the policy's token ids with it unchanged")
-        return policy, reference, f"frozen {cfg.reference}"
-    if cfg.precompute_ref_log_probs:
-        return policy, None, f"log-probs of {starting}, precomputed before training"
-    if cfg.model.lora.enabled:
-        return policy, None, f"{starting}: the policy with its LoRA adapter disabled"
-    reference_cfg = replace(cfg.model, gradient_checkpointing=False, lora=LoraConfig())
-    return policy, models.frozen(models.load_causal_lm(reference_cfg, model_path)), f"frozen copy of {starting}"
-

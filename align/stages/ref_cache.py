@@ -1,11 +1,12 @@
-"""DPO reference log-probs computed once before training and kept on disk, so later runs skip the reference model.
+"""DPO and KTO reference log-probs computed once before training and kept on disk, so later runs skip the reference.
 
-trl.DPOTrainer's `precompute_ref_log_probs` writes them next to the dataset's cache files. Our datasets live in
+trl.DPOTrainer's and trl.KTOTrainer's `precompute_ref_log_probs` write them next to the dataset's cache files. Our datasets live in
 memory, so that is a per-process temporary file: deleted at exit, and under accelerate the other ranks look for rank
 0's file in their own temporary dir and fail. Here every process joins the reference forward pass (results gathered
 in dataset order) and, with the cache on, the main process stores the log-probs under
 `$ALIGN_CACHE_DIR/ref_logps/<key>/`. The key hashes everything that changes them: the reference weights and config,
-the tokenized pairs (so the chat template, tokenizer and data), max_length and truncation, TRL's version, the
+the tokenized rows (so the chat template, tokenizer and data; KTO's rows include the mismatched completions its KL
+term scores), which columns are stored, max_length and truncation, TRL's version, the
 precision and ld_alpha. Re-runs, resumes and sweep trials that vary only beta, the loss or the optimizer hit it.
 Settings that only change rounding (batch size, attention kernel, device) are not part of the key.
 """
@@ -28,12 +29,25 @@ from align.errors import AlignError, ConfigError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 """Bumped when an entry's contents or key change meaning, so older entries are never read."""
-COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 VALUES_FILE = "logps.npz"
 KEY_FILE = "key.json"
-_TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which tokenized columns a trainer's reference log-probs depend on, and the columns it stores them in (in the
+    order its `compute_ref_log_probs` returns them)."""
+
+    tokens: tuple[str, ...]
+    values: tuple[str, ...]
+
+
+DPO = Layout(("prompt_ids", "chosen_ids", "rejected_ids"), ("ref_chosen_logps", "ref_rejected_logps"))
+KTO = Layout(("prompt_ids", "completion_ids", "KL_completion_ids"), ("ref_logps", "ref_KL_logps"))
+KTO_WITHOUT_KL = Layout(("prompt_ids", "completion_ids"), ("ref_logps",))
+"""KTO losses without a KL term (apo_zero_unpaired): TRL builds no mismatched completions."""
 # Config entries that do not change what a forward pass computes.
 _CONFIG_NOISE = {"transformers_version", "use_cache", "output_hidden_states", "output_attentions", "return_dict",
                  "dtype", "torch_dtype"}
@@ -73,13 +87,13 @@ def weights_hash(model) -> str:
     return digest.hexdigest()
 
 
-def data_hash(dataset) -> str:
-    """sha256 of the tokenized pairs TRL trains on (prompt, chosen and rejected token ids), in row order."""
+def data_hash(dataset, columns: tuple[str, ...]) -> str:
+    """sha256 of the tokenized rows TRL trains on (the token id `columns`), in row order."""
     import pyarrow.compute as pc
 
     digest = hashlib.sha256()
-    for batch in dataset.select_columns(list(_TOKEN_COLUMNS)).with_format("arrow").iter(batch_size=4096):
-        for name in _TOKEN_COLUMNS:
+    for batch in dataset.select_columns(list(columns)).with_format("arrow").iter(batch_size=4096):
+        for name in columns:
             column = batch.column(name)
             digest.update(pc.list_value_length(column).cast("int64").to_numpy())
             digest.update(pc.list_flatten(column).cast("int64").to_numpy())
@@ -92,29 +106,33 @@ class RefLogps:
 
     settings: dict[str, Any]
     """Key parts besides the data: reference weights hash, max_length, truncation, precision, TRL version, ..."""
+    layout: Layout = DPO
     root: Path | None = None
     """The cache dir; None computes them every run and keeps nothing."""
     report: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per split: {cache: hit | miss | off, key, seconds}."""
 
     @classmethod
-    def create(cls, reference, args, tokenizer, persist: bool) -> RefLogps:
-        """For trl.DPOConfig `args`; `reference` is the model whose log-probs these are, before TRL wraps it."""
+    def create(cls, reference, args, tokenizer, persist: bool, layout: Layout = DPO) -> RefLogps:
+        """For trl.DPOConfig or trl.KTOConfig `args`; `reference` is the model whose log-probs these are, before
+        TRL wraps it."""
         if not persist:
-            return cls(settings={})
+            return cls(settings={}, layout=layout)
         import trl
 
         template = json.dumps(tokenizer.chat_template, sort_keys=True)
         settings = {
             "format": FORMAT, "trl": trl.__version__, "reference": weights_hash(reference),
-            "max_length": args.max_length, "truncation_mode": args.truncation_mode, "ld_alpha": args.ld_alpha,
+            "columns": list(layout.values), "max_length": args.max_length,
+            # DPO's own truncation settings; trl.KTOConfig has neither.
+            "truncation_mode": getattr(args, "truncation_mode", None), "ld_alpha": getattr(args, "ld_alpha", None),
             "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
             "chat_template": hashlib.sha256(template.encode()).hexdigest(),
         }
-        return cls(settings=settings, root=cache_root())
+        return cls(settings=settings, root=cache_root(), layout=layout)
 
     def key(self, dataset) -> str:
-        parts = {**self.settings, "data": data_hash(dataset)}
+        parts = {**self.settings, "data": data_hash(dataset, self.layout.tokens)}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def attach(self, trainer, dataset, name: str, batch_size: int):
@@ -134,7 +152,7 @@ class RefLogps:
             key, values = shared
         hit = values is not None
         if not hit:
-            values = compute(trainer, dataset, name, batch_size)
+            values = compute(trainer, dataset, name, batch_size, self.layout.values)
             if self.root is not None and accelerator.is_main_process:
                 self._write(key, values, name)
             accelerator.wait_for_everyone()
@@ -146,7 +164,7 @@ class RefLogps:
             messages = {"hit": f"cache hit ({entry}); reference forward pass skipped",
                         "miss": f"computed in {seconds:.1f} s; stored in {entry}",
                         "off": f"computed in {seconds:.1f} s (ref_cache=false: not stored)"}
-            log.info("reference log-probs of %d %s pairs: %s", len(dataset), name, messages[status])
+            log.info("reference log-probs of %d %s rows: %s", len(dataset), name, messages[status])
         return concatenate_datasets([dataset, Dataset.from_dict(values)], axis=1)
 
     def _read(self, key: str, rows: int) -> dict[str, Any] | None:
@@ -157,12 +175,13 @@ class RefLogps:
             return None
         try:
             with np.load(path) as stored:
-                values = {name: stored[name] for name in COLUMNS}
+                values = {name: stored[name] for name in self.layout.values}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise AlignError(f"reference log-prob cache entry {path.parent} is unreadable ({e}); delete it") from e
         if any(len(v) != rows for v in values.values()):
-            raise AlignError(f"reference log-prob cache entry {path.parent} holds {len(values[COLUMNS[0]])} pairs, "
-                             f"the data {rows}; delete it")
+            held = len(values[self.layout.values[0]])
+            raise AlignError(f"reference log-prob cache entry {path.parent} holds {held} rows, the data {rows}; "
+                             f"delete it")
         return values
 
     def _write(self, key: str, values: dict[str, Any], name: str) -> None:
@@ -174,7 +193,7 @@ class RefLogps:
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{key}-"))
         try:
             np.savez(staging / VALUES_FILE, **values)
-            meta = {**self.settings, "split": name, "pairs": len(values[COLUMNS[0]]),
+            meta = {**self.settings, "split": name, "rows": len(values[self.layout.values[0]]),
                     "created": rundir.timestamp()}
             (staging / KEY_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
             staging.rename(final)
@@ -186,8 +205,9 @@ class RefLogps:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def compute(trainer, dataset, name: str, batch_size: int) -> dict[str, Any]:
-    """The reference log-probs of every pair as trl.DPOTrainer computes them, gathered from all processes."""
+def compute(trainer, dataset, name: str, batch_size: int, columns: tuple[str, ...]) -> dict[str, Any]:
+    """The reference log-probs of every row as the trainer (DPO, KTO) computes them, gathered from all processes:
+    the first len(`columns`) tensors its `compute_ref_log_probs` returns, by column."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -204,19 +224,19 @@ def compute(trainer, dataset, name: str, batch_size: int) -> dict[str, Any]:
 
             trainer._precompute_engine = prepare_deepspeed(trainer.model, accelerator)
         model = trainer._precompute_engine
-    chosen, rejected = [], []
+    parts: list[list] = [[] for _ in columns]
     for batch in tqdm(loader, desc=f"reference log-probs ({name})", disable=not accelerator.is_main_process):
-        batch_chosen, batch_rejected = trainer.compute_ref_log_probs(model, batch)
-        batch_chosen, batch_rejected = accelerator.gather_for_metrics((batch_chosen, batch_rejected))
-        chosen.append(batch_chosen.float().cpu())
-        rejected.append(batch_rejected.float().cpu())
-    return {COLUMNS[0]: torch.cat(chosen).numpy(), COLUMNS[1]: torch.cat(rejected).numpy()}
+        batch_values = trainer.compute_ref_log_probs(model, batch)[:len(columns)]
+        for part, value in zip(parts, accelerator.gather_for_metrics(tuple(batch_values)), strict=True):
+            part.append(value.float().cpu())
+    return {column: torch.cat(part).numpy() for column, part in zip(columns, parts, strict=True)}
 
 
-def dpo_trainer(trl_module):
-    """trl.DPOTrainer whose `precompute_ref_log_probs` goes through a `RefLogps` (pass it as `ref_logps=`)."""
+def cached_trainer(trainer_class):
+    """trl.DPOTrainer or trl.KTOTrainer whose `precompute_ref_log_probs` goes through a `RefLogps` (pass it as
+    `ref_logps=`)."""
 
-    class PrecomputedRefDPOTrainer(trl_module.DPOTrainer):
+    class PrecomputedRefTrainer(trainer_class):
         def __init__(self, *args, ref_logps: RefLogps, **kwargs):
             self.ref_logps = ref_logps
             super().__init__(*args, **kwargs)
@@ -226,4 +246,4 @@ def dpo_trainer(trl_module):
         def _precompute_ref_logps(self, dataset, name, batch_size):
             return self.ref_logps.attach(self, dataset, name, batch_size)
 
-    return PrecomputedRefDPOTrainer
+    return PrecomputedRefTrainer
