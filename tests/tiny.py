@@ -127,3 +127,16 @@ def write_pairs(path: Path, pairs) -> Path:
                                 "chosen": [{"role": "assistant", "content": chosen}],
                                 "rejected": [{"role": "assistant", "content": rejected}]}) + "\n")
     return path
+
+
+# Pairs a tiny model can separate: the replies differ in one token, "good" in every chosen one and "bad" in every
+# rejected one, so a preference stage that learns anything moves its implicit reward margin up, held-out prompts
+# included (the kto, orpo and simpo learning tests: train on the first 8, evaluate on the last 4).
+SEPARABLE_PAIRS = [(prompt, "a good answer", "a bad answer") for prompt, _, _ in PAIRS]
+
+
+def write_unpaired(path: Path, rows) -> Path:
+    """(prompt, completion, label) rows in TRL's unpaired format (text prompt and completion, boolean label)."""
+    path.write_text("".join(json.dumps({"prompt": prompt, "completion": completion, "label": label}) + "\n"
+                            for prompt, completion, label in rows))
+    return path
