@@ -18,6 +18,9 @@ STAGE_HELP = {
     "reward": "reward model on preference pairs (trl.RewardTrainer)",
     "dpo": "direct preference optimisation against a frozen reference (trl.DPOTrainer)",
     "ppo": "PPO with a reward model or rule, value model and frozen reference (align's own loop)",
+    "kto": "KTO on unpaired thumbs-up/down rows or split pairs, against a frozen reference (trl.KTOTrainer)",
+    "orpo": "ORPO: SFT + odds-ratio preference loss, no reference model (trl.experimental ORPOTrainer)",
+    "simpo": "SimPO: length-normalised preference loss, no reference model (trl.experimental CPOTrainer)",
 }
 
 

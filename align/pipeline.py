@@ -3,8 +3,9 @@
 Stage `<name>` writes `<run_dir>/<name>/`: its own outputs, `lineage.json` (input models, data fingerprint, config
 hash, tokenizer fingerprint; written when it starts) and `DONE` (written last). Wiring, unless the pipeline YAML sets
 the key for that stage (its inline `config:` or `overrides:`; a `file:` is a template whose inputs are filled in):
-- model.name_or_path: the latest policy (the output of the last sft, dpo or ppo stage; at first the pipeline's
-  model.name_or_path). A reward stage starts from it too. DPO and PPO take their frozen reference from it.
+- model.name_or_path: the latest policy (the output of the last policy stage: sft, dpo, kto, orpo, simpo or ppo; at
+  first the pipeline's model.name_or_path). A reward stage starts from it too. DPO, KTO and PPO take their frozen
+  reference from it (ORPO and SimPO have none).
 - ppo reward_model.name_or_path: the last reward stage's output (PPO's value model defaults to the reward model).
 - train.output_dir is always `<run_dir>/<name>`; W&B runs share one group (default: the run dir's name), one
   job_type per stage, named `<tracking.name or run dir name>-<stage>`. Each stage's run uses its input data files and
@@ -41,13 +42,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POLICY_STAGES = ("sft", "dpo", "ppo")
+POLICY_STAGES = ("sft", "dpo", "kto", "orpo", "simpo", "ppo")
 
 
 @dataclass
 class StageEntry:
     name: str
-    """The stage: sft, reward, dpo or ppo. Its outputs go to <run_dir>/<name>/."""
+    """The stage (a name in align.stages.STAGES: sft, reward, dpo, kto, orpo, simpo, ppo, ...). Its outputs go to
+    <run_dir>/<name>/."""
     config: dict[str, Any] | None = None
     """The stage's config inline (without train.output_dir; `stage:` may be left out)."""
     file: str | None = None

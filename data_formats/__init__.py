@@ -8,7 +8,7 @@ from data_formats.errors import DataFormatError, InvalidRowsError
 from data_formats.formats import FORMATS, Format
 from data_formats.inspection import inspect, render_inspect
 from data_formats.kinds import KINDS
-from data_formats.loading import Loaded, Source, load_source
+from data_formats.loading import Loaded, Source, load_source, source_kind
 from data_formats.preparing import Prepared, PrepareReport, prepare
 from data_formats.report import Problem, Report
 
@@ -29,4 +29,5 @@ __all__ = [
     "load_source",
     "prepare",
     "render_inspect",
+    "source_kind",
 ]

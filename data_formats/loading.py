@@ -109,6 +109,18 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def source_kind(source: Source | str) -> str:
+    """The canonical kind a source's format gives by itself (its rows are read to detect a format left on auto);
+    stages that take two kinds of data (kto: unpaired rows or preference pairs) ask it before loading."""
+    source = as_source(source)
+    if source.format != "auto":
+        return FORMATS[source.format].kind
+    values = [value for _, value in read_records(source.path, source.split).items]
+    if source.columns:
+        values = [rename_columns(value, source.columns) if type(value) is dict else value for value in values]
+    return detect_format(values, source.path)[0].kind
+
+
 def convert_source(source: Source, kind: str | None, on_error: str) -> tuple[list[dict], Report]:
     """Every valid canonical row and the full report, whatever the problems (`kind=None`: the format's own kind)."""
     with _cyclic_gc_paused():

@@ -15,6 +15,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "reward": ("align.stages.reward", "RewardConfig"),
     "dpo": ("align.stages.dpo", "DPOConfig"),
     "ppo": ("align.stages.ppo", "PPOConfig"),
+    "kto": ("align.stages.kto", "KTOConfig"),
+    "orpo": ("align.stages.orpo", "ORPOConfig"),
+    "simpo": ("align.stages.simpo", "SimPOConfig"),
 }
 
 

@@ -1,5 +1,6 @@
 """What the preference stages (dpo, kto, orpo, simpo) share: the length fit of pairs, the policy and its frozen
-reference (dpo, kto), and the held-out check of the saved policy's implicit reward on eval pairs.
+reference (dpo, kto), the held-out check of the saved policy's implicit reward on eval pairs, and the whole build of
+the reference-free stages (orpo, simpo).
 
 The reference is the starting policy unless `cfg.reference` names one: a frozen copy loaded here, or with LoRA the
 policy itself with its adapter disabled (no second model in memory). Starting from an sft LoRA adapter dir,
@@ -13,11 +14,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from align import data, models
 from align.errors import ConfigError
 from align.sections import LoraConfig
+from align.stages import trainer as trainer_stage
+
+if TYPE_CHECKING:
+    from align.observe.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +131,48 @@ def held_out_checks(cfg: Any, pairs: list[dict], origins: list[str], tokenizer, 
         return {"held_out": {"pairs": len(pairs), "accuracy": table}}
 
     return checks
+
+
+def reference_free_build(cfg: Any, tracker: Tracker, *, stage: str, trainer_class, config_class, ranking: str,
+                         **loss_arguments: Any) -> trainer_stage.TrainerBuild:
+    """The build of a stage with no reference model (orpo, simpo): pairs, the policy (a LoRA adapter dir comes back
+    merged; with model.lora.enabled a fresh adapter), the TRL trainer with `loss_arguments`. Trains nothing."""
+    import datasets
+
+    models.configure_threads(cfg.train.num_threads)
+    model_path = models.resolve_path(cfg.model.name_or_path)
+    tokenizer = models.load_tokenizer(cfg.model, model_path)
+    stage_data = data.load(cfg.data, "preference")
+    train_rows, eval_rows = (pairs_within_length(rows, tokenizer, cfg.train.max_length, cfg.data.drop_long,
+                                                 stage_data.dropped, split)
+                             for rows, split in ((stage_data.train, "train"), (stage_data.eval, "eval")))
+    if not train_rows:
+        raise ConfigError(f"data.train: no usable pairs after formatting and length limits "
+                          f"({dict(stage_data.dropped)})")
+    policy = models.load_causal_lm(cfg.model, model_path)
+    has_eval = bool(eval_rows)
+    stage_callbacks = trainer_stage.trainer_callbacks(cfg, policy, tracker, tokenizer=tokenizer, stage_data=stage_data)
+    arguments = trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
+                                                 default_metric="eval_rewards/accuracies")
+    arguments["per_device_eval_batch_size"] = trainer_stage.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
+    args = trainer_stage.trl_arguments(config_class, cfg.trainer_overrides, **arguments,
+                                       max_length=cfg.train.max_length, **loss_arguments)
+    trainer = trainer_class(
+        model=policy,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=models.peft_config(cfg.model.lora, policy),
+        callbacks=stage_callbacks.callbacks,
+    )
+    trainable, total = models.count_parameters(trainer.model)
+    log.info("%s: %s, %d train / %d eval pairs, %s of %s parameters trainable; no reference model", stage,
+             cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}")
+    checks = None
+    if cfg.held_out_checks and eval_rows:
+        checks = held_out_checks(cfg, eval_rows, stage_data.origins_of(eval_rows), tokenizer, stage=stage,
+                                 ranking=ranking, reference_free=True)
+    return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
+                                      callbacks=stage_callbacks, summary={"reference": "none (reference-free)"},
+                                      held_out_checks=checks)

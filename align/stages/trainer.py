@@ -30,12 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def check_trainer_overrides(overrides: dict[str, Any], trl_config: str, owned: dict[str, str]) -> list[str]:
-    """Problems with `trainer_overrides`: not a field of `trl.<trl_config>`, or a knob the stage sets (`owned`)."""
+    """Problems with `trainer_overrides`: not a field of `trl.<trl_config>` (a dotted name reaches into a submodule,
+    e.g. experimental.orpo.ORPOConfig), or a knob the stage sets (`owned`)."""
     if not overrides:
         return []
-    import trl
+    import importlib
 
-    valid = [f.name for f in dataclasses.fields(getattr(trl, trl_config))]
+    module, _, name = f"trl.{trl_config}".rpartition(".")
+    valid = [f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))]
     problems = []
     for key in overrides:
         if key in owned:
