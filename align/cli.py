@@ -18,6 +18,8 @@ STAGE_HELP = {
     "reward": "reward model on preference pairs (trl.RewardTrainer)",
     "dpo": "direct preference optimisation against a frozen reference (trl.DPOTrainer)",
     "ppo": "PPO with a reward model or rule, value model and frozen reference (align's own loop)",
+    "grpo": "GRPO: groups of completions per prompt scored by rules and/or reward models (trl.GRPOTrainer)",
+    "rloo": "RLOO: REINFORCE with a leave-one-out baseline over completions per prompt (trl.RLOOTrainer)",
     "kto": "KTO on unpaired thumbs-up/down rows or split pairs, against a frozen reference (trl.KTOTrainer)",
     "orpo": "ORPO: SFT + odds-ratio preference loss, no reference model (trl.experimental ORPOTrainer)",
     "simpo": "SimPO: length-normalised preference loss, no reference model (trl.experimental CPOTrainer)",

@@ -3,10 +3,11 @@
 Stage `<name>` writes `<run_dir>/<name>/`: its own outputs, `lineage.json` (input models, data fingerprint, config
 hash, tokenizer fingerprint; written when it starts) and `DONE` (written last). Wiring, unless the pipeline YAML sets
 the key for that stage (its inline `config:` or `overrides:`; a `file:` is a template whose inputs are filled in):
-- model.name_or_path: the latest policy (the output of the last policy stage: sft, dpo, kto, orpo, simpo or ppo; at
-  first the pipeline's model.name_or_path). A reward stage starts from it too. DPO, KTO and PPO take their frozen
-  reference from it (ORPO and SimPO have none).
-- ppo reward_model.name_or_path: the last reward stage's output (PPO's value model defaults to the reward model).
+- model.name_or_path: the latest policy (the output of the last policy stage: sft, dpo, kto, orpo, simpo, ppo, grpo or
+  rloo; at first the pipeline's model.name_or_path). A reward stage starts from it too. DPO, KTO, PPO, GRPO and RLOO
+  take their frozen reference from it (ORPO and SimPO have none).
+- ppo reward_model.name_or_path, grpo / rloo rewards: the last reward stage's output (PPO's value model defaults to
+  the reward model).
 - train.output_dir is always `<run_dir>/<name>`; W&B runs share one group (default: the run dir's name), one
   job_type per stage, named `<tracking.name or run dir name>-<stage>`. Each stage's run uses its input data files and
   models as W&B artifacts and logs its output model as one (see align.observe.tracking), so W&B shows the run's lineage.
@@ -34,15 +35,19 @@ from data_formats.readers import FILE_TYPES
 
 if TYPE_CHECKING:
     from align.stages.dpo import DPOConfig
+    from align.stages.grpo import GRPOConfig
     from align.stages.ppo import PPOConfig
     from align.stages.reward import RewardConfig
+    from align.stages.rloo import RLOOConfig
     from align.stages.sft import SFTConfig
 
-    StageConfig = SFTConfig | RewardConfig | DPOConfig | PPOConfig
+    StageConfig = SFTConfig | RewardConfig | DPOConfig | PPOConfig | GRPOConfig | RLOOConfig
 
 log = logging.getLogger(__name__)
 
-POLICY_STAGES = ("sft", "dpo", "kto", "orpo", "simpo", "ppo")
+POLICY_STAGES = ("sft", "dpo", "kto", "orpo", "simpo", "ppo", "grpo", "rloo")
+GROUP_RL_STAGES = ("grpo", "rloo")
+"""Stages whose `rewards` the pipeline sets to the last reward stage's output (as PPO's reward_model)."""
 
 
 @dataclass
@@ -160,6 +165,8 @@ def _resolve_stage(cfg: PipelineConfig, index: int, entry: StageEntry, inputs: d
     wiring = {"model.name_or_path": inputs["policy"]}
     if entry.name == "ppo" and inputs["reward"] is not None and config.get_dotted(explicit, "reward_model") is None:
         wiring["reward_model.name_or_path"] = inputs["reward"]
+    if entry.name in GROUP_RL_STAGES and inputs["reward"] is not None and config.get_dotted(explicit, "rewards") is None:
+        wiring["rewards"] = [{"name_or_path": inputs["reward"]}]
     for key, value in wiring.items():
         if config.get_dotted(explicit, key) is None:
             layered = config.deep_merge(layered, config.set_dotted({}, key, value))
@@ -248,7 +255,8 @@ def _check_inputs(plans: list[Plan], run_dir: Path) -> None:
                     raise ConfigError(f"{plan.label}: data.{split}[{i}].path: file not found: {source.path}")
         for role, name in plan.inputs.items():
             path_like = name.startswith((".", "/", "~")) or name.count("/") > 1
-            key = f"{role}.name_or_path" if role in ("model", "reward_model", "value_model") else role
+            named = role in ("model", "reward_model", "value_model") or role.startswith("rewards[")
+            key = f"{role}.name_or_path" if named else role
             if name in produced or name in registry.ALIASES or not path_like:
                 continue
             if not Path(name).expanduser().is_dir():
@@ -286,6 +294,8 @@ def _inputs(stage_cfg: StageConfig) -> dict[str, str]:
     for role in ("reward_model", "value_model"):
         section = getattr(stage_cfg, role, None)
         by_role[role] = getattr(section, "name_or_path", None)
+    for i, reward in enumerate(getattr(stage_cfg, "rewards", [])):
+        by_role[f"rewards[{i}]"] = reward.name_or_path
     return {role: name for role, name in by_role.items() if name is not None}
 
 

@@ -65,15 +65,16 @@ class RuleJudge:
     """Scores replies with a rule `fn(prompts, completions) -> one float each`, called as the PPO stage calls it:
     prompts as chat-templated text without special tokens, completions as the reply's text."""
 
-    def __init__(self, fn: reward_functions.RewardFunction, tokenizer):
+    def __init__(self, fn: reward_functions.RewardFunction, tokenizer, option: str = "--judge"):
         self.fn = fn
         self.tokenizer = tokenizer
+        self.option = option  # what an error about a bad return value names
 
     def score(self, prompts: list[list[dict]], replies: list[list[dict]], progress: Progress | None = None) -> list[float]:
         prompt_texts = [self.tokenizer.decode(generation.prompt_ids(self.tokenizer, prompt), skip_special_tokens=True)
                         for prompt in prompts]
         texts = ["\n".join(message["content"] for message in reply) for reply in replies]
-        scores = reward_functions.scores(self.fn, prompt_texts, texts, "--judge")
+        scores = reward_functions.scores(self.fn, prompt_texts, texts, self.option)
         if progress:
             progress(len(scores))
         return scores

@@ -18,6 +18,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "kto": ("align.stages.kto", "KTOConfig"),
     "orpo": ("align.stages.orpo", "ORPOConfig"),
     "simpo": ("align.stages.simpo", "SimPOConfig"),
+    "grpo": ("align.stages.grpo", "GRPOConfig"),
+    "rloo": ("align.stages.rloo", "RLOOConfig"),
 }
 
 
