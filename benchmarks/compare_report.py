@@ -32,10 +32,11 @@ def matmul_parameters(total: int, embedding: int, tied: bool) -> int:
 
 def flops_per_token(matmul_params: int, stage: str, lora: bool) -> float:
     """Model FLOPs per input token of a training step: forward 2N, backward 4N (activation gradients 2N, weight
-    gradients 2N, which LoRA skips for its frozen base), plus 2N for DPO's reference forward on the same tokens.
+    gradients 2N, which LoRA skips for its frozen base), plus 2N for DPO's reference forward on the same tokens and
+    6N for KTO's (the reference on its rows, and policy and reference on as many mismatched rows for the KL term).
     Attention scores and the adapters' own matmuls are left out (small at these lengths and ranks)."""
     n = matmul_params
-    return 2 * n + (2 * n if lora else 4 * n) + (2 * n if stage == "dpo" else 0)
+    return 2 * n + (2 * n if lora else 4 * n) + {"dpo": 2 * n, "kto": 6 * n}.get(stage, 0)
 
 
 def mfu(tokens_per_s: float | None, per_token: float, peak_flops: float | None) -> float | None:
@@ -91,7 +92,7 @@ def lora_memory(results: dict, gpu: bool) -> dict[str, float | None]:
 def verdicts(jobs, results: dict, gpu: bool) -> list[str]:
     """One line per issue target this run measured: met or missed, with the numbers."""
     lines = []
-    for job in (j for j in jobs if j.stage in ("sft", "dpo")):
+    for job in (j for j in jobs if j.stage != "ppo"):
         ours, theirs = results[job.name]["align"], results[job.name]["trl"]
         wall, cpu = paired_ratio(ours, theirs, "s_per_step"), paired_ratio(ours, theirs, "cpu_s_per_step")
         lines.append(f"* {job.name}: align / TRL seconds per step {_cell(wall, '.3f')} wall clock, {_cell(cpu, '.3f')} "
@@ -130,8 +131,9 @@ def render(lines: list[str], ctx: dict) -> str:
            f"* align venv: {', '.join(f'{k} {v}' for k, v in versions.items())}.",
            *([f"* TRL 1.12 venv (PPO): {', '.join(f'{k} {v}' for k, v in ppo_parity.versions(ctx['trl_python']).items())}."]
              if ctx["has_ppo"] else []),
-           (f"* SFT and DPO: model `{args['model']}` ({total:,} parameters), examples/data/sft_chat.jsonl and "
-            f"examples/data/preference.jsonl, {args['steps']} steps, batch {args['batch_size']}, max_length "
+           (f"* SFT and the preference stages: model `{args['model']}` ({total:,} parameters), "
+            f"examples/data/sft_chat.jsonl and examples/data/preference.jsonl (KTO: each pair split in two rows), "
+            f"{args['steps']} steps, batch {args['batch_size']}, max_length "
             f"{args['max_length']}, learning rate 1e-5 constant, LoRA r 16 / alpha 32 / dropout 0.05 on all linear "
             f"layers, {args['threads']} torch thread(s), fp32 on CPU (bf16 on a GPU). Both sides save the final model."),
            (f"* PPO: benchmarks/ppo_parity.py's setup (tiny Llama policy, value and reward models from "

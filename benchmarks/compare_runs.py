@@ -1,6 +1,6 @@
 """One timed run per call, each in a fresh child process, for compare.py.
 
-SFT and DPO (full or LoRA): `align <stage> --config` against benchmarks/raw_trl.py. PPO: `align ppo` against TRL
+SFT, DPO, KTO, ORPO and SimPO (full or LoRA): `align <stage> --config` against benchmarks/raw_trl.py. PPO: `align ppo` against TRL
 1.12's PPOTrainer (in its own venv) on benchmarks/ppo_parity.py's setup, with TRL's gc.collect() calls as shipped
 and patched out. Every run goes through measure.py (peak RSS, from wait4) and compare_child.py (peak CUDA memory).
 
@@ -30,16 +30,19 @@ import yaml
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-DATA = {"sft": REPO / "examples/data/sft_chat.jsonl", "dpo": REPO / "examples/data/preference.jsonl"}
+PAIRS = REPO / "examples/data/preference.jsonl"
+DATA = {"sft": REPO / "examples/data/sft_chat.jsonl", "dpo": PAIRS, "kto": PAIRS, "orpo": PAIRS, "simpo": PAIRS}
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+TRAINER_STAGES = ("sft", "dpo", "kto", "orpo", "simpo")
+"""The stages on a TRL trainer, timed against benchmarks/raw_trl.py."""
 PPO_LR, PPO_KL = 3e-6, "k1"  # ppo_parity.py's speed setup
 
 
 @dataclass(frozen=True)
 class Job:
     stage: str
-    """sft, dpo or ppo."""
+    """sft, dpo, kto, orpo, simpo or ppo."""
     lora: bool = False
 
     @property

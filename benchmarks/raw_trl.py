@@ -1,24 +1,27 @@
-"""The same SFT or DPO work as `align`, written as a plain TRL script, for side-by-side timing (compare.py).
+"""The same SFT, DPO, KTO, ORPO or SimPO work as `align`, written as a plain TRL script, for side-by-side timing
+(compare.py).
 
 Hyper-parameters are align's for the same config: where TRL's defaults differ (gradient checkpointing is on by
-default in trl.SFTConfig and trl.DPOConfig, off in align), they are set here. compare.py times the steps from
+default in trl.SFTConfig and trl.DPOConfig, off in align), they are set here. KTO gets the rows `align kto` trains
+on: each pair split into a desirable and an undesirable row, shuffled with align's default seed (42). compare.py times the steps from
 outside (compare_child.py), so this script adds no callback of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 from pathlib import Path
 
 import torch
 import trl
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["sft", "dpo"])
+    p.add_argument("stage", choices=["sft", "dpo", "kto", "orpo", "simpo"])
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
@@ -52,9 +55,28 @@ def main() -> None:
     if args.stage == "sft":
         trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common), train_dataset=dataset,
                                  processing_class=tokenizer, peft_config=peft_config)
-    else:
+    elif args.stage == "dpo":
         trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, beta=0.1), train_dataset=dataset,
                                  processing_class=tokenizer, peft_config=peft_config)
+    elif args.stage == "kto":
+        rows = [{"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen"}
+                for pair in dataset for side in ("chosen", "rejected")]
+        random.Random(42).shuffle(rows)
+        # No ref_model: TRL loads the frozen reference from the model's path (LoRA: the adapter disabled).
+        trainer = trl.KTOTrainer(model=model, args=trl.KTOConfig(**common, beta=0.1),
+                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                                 peft_config=peft_config)
+    elif args.stage == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        trainer = ORPOTrainer(model=model, args=ORPOConfig(**common, beta=0.1), train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=peft_config)
+    else:
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        simpo = {"loss_type": "simpo", "cpo_alpha": 0.0, "beta": 2.0, "simpo_gamma": 0.5}
+        trainer = CPOTrainer(model=model, args=CPOConfig(**common, **simpo), train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=peft_config)
     trainer.train()
     trainer.save_model(str(out))  # align saves its final model too
     tokenizer.save_pretrained(out)
