@@ -9,8 +9,8 @@ papers with different knobs (ORPO's odds-ratio weight, SimPO's target margin and
 different TRL trainers, and users look them up by name. What they share (pairs, policy, held-out check) is
 align/stages/preference.py `reference_free_build`.
 
-TRL ships ORPOTrainer under `trl.experimental`: its API may change or go between TRL releases. align pins trl, so a
-TRL upgrade that changes it fails this stage's tests, not a user's run.
+TRL ships ORPOTrainer under `trl.experimental`: its API may change or go in any TRL release. align is tested with
+trl 1.16.0 (README, "Tested versions"); tests/stages/test_orpo_simpo.py is what shows a later TRL broke it.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ log-prob; loss: -log sigmoid(reward(chosen) - reward(rejected) - gamma), plus sf
 
 ORPO and SimPO are two stages, not one with a `loss` key: align/stages/orpo.py says why.
 
-TRL ships CPOTrainer under `trl.experimental`: its API may change or go between TRL releases. align pins trl, so a
-TRL upgrade that changes it fails this stage's tests, not a user's run.
+TRL ships CPOTrainer under `trl.experimental`: its API may change or go in any TRL release. align is tested with
+trl 1.16.0 (README, "Tested versions"); tests/stages/test_orpo_simpo.py is what shows a later TRL broke it.
 """
 
 from __future__ import annotations
