@@ -266,6 +266,15 @@ class HealthConfig:
     """PPO: alert when objective/kl (nats per response) exceeds this."""
     kl_jump: float = 5.0
     """PPO: alert when one log's objective/kl exceeds the mean of the `window` logs before it by this much."""
+    token_kl_max: float = 1.0
+    """GRPO / RLOO: alert when kl (the mean per-token KL to the reference) exceeds this, or one log's kl exceeds
+    the mean of the `window` logs before it by this much."""
+    reward_plateau_logs: int = 20
+    """GRPO / RLOO: after this many logs, alert when the mean reward of the last `window` logs is not above that of
+    the first `window` by more than reward_plateau_gain x the starting reward_std."""
+    reward_plateau_gain: float = 0.1
+    """GRPO / RLOO: the smallest rise of the reward, in units of its starting within-batch spread, that counts as
+    progress."""
 
     def check(self) -> list[str]:
         problems = []
@@ -276,8 +285,10 @@ class HealthConfig:
                 problems.append(f"{name}: must be in (0, 1], got {getattr(self, name)}")
         if self.length_growth <= 1.0:
             problems.append(f"length_growth: must be > 1, got {self.length_growth}")
-        if self.kl_max <= 0 or self.kl_jump <= 0:
-            problems.append("kl_max and kl_jump: must be > 0")
+        if self.kl_max <= 0 or self.kl_jump <= 0 or self.token_kl_max <= 0:
+            problems.append("kl_max, kl_jump and token_kl_max: must be > 0")
+        if self.reward_plateau_logs < 1 or self.reward_plateau_gain < 0:
+            problems.append("reward_plateau_logs: must be >= 1, and reward_plateau_gain >= 0")
         return problems
 
 

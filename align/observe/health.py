@@ -26,11 +26,18 @@ Severity = Literal["warning", "fatal"]
 # Metric names as TRL and our PPO loop log them, with "eval_" for the evaluation pass.
 CHOSEN_LOGPS_AND_MARGINS = (("logps/chosen", "rewards/margins"), ("eval_logps/chosen", "eval_rewards/margins"))
 ACCURACY = "rewards/accuracies"
-LENGTH_KEYS = ("tokens/response_len_mean", "completions/length_mean")
+LENGTH_KEYS = ("tokens/response_len_mean", "completions/length_mean", "completions/mean_length")
 EOS_RATE_KEY = "completions/eos_rate"
 MISSING_EOS_KEY = "val/frac_missing_eos"
 KL_KEY = "objective/kl"
+TOKEN_KL_KEY = "kl"
+"""GRPO and RLOO (TRL): the mean per-token KL to the reference, not PPO's per-response sum."""
 REPETITION_KEY = "completions/repetition_rate"
+TRAINING_REPETITION_KEY = "completions/train_repetition_rate"
+"""GRPO / RLOO: the same rate over the completions a step trained on (align.stages.group_rl)."""
+REPETITION_KEYS = (REPETITION_KEY, TRAINING_REPETITION_KEY)
+REWARD_KEY, REWARD_STD_KEY = "reward", "reward_std"
+"""GRPO and RLOO (TRL): the mean weighted reward of a step's completions, and its spread."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ class HealthMonitor:
             if missing is not None and math.isfinite(missing):
                 self.history.setdefault(EOS_RATE_KEY, []).append(1.0 - missing)
         for rule in (self._chosen_logps_collapse, self._early_accuracy, self._length_runaway, self._eos_rate_drop,
-                     self._repetition_rise, self._kl_blowup):
+                     self._repetition_rise, self._kl_blowup, self._token_kl_blowup, self._reward_plateau):
             alert = rule(step, metrics)
             if alert is not None:
                 alerts.append(alert)
@@ -182,35 +189,61 @@ class HealthMonitor:
         return None
 
     def _repetition_rise(self, step: int, metrics: dict[str, Any]) -> Alert | None:
-        found = self._start_and_now(REPETITION_KEY) if REPETITION_KEY in metrics else None
-        if found is None:
-            return None
-        start, now = found
-        if now - start > self.config.repetition_rise:
-            return self._fire(
-                "repetition_rise", step,
-                f"{REPETITION_KEY} rose from {start:.3g} to {now:.3g}: more replies repeat themselves, a common way "
-                "to game a reward model. Read the samples; consider a larger (or adaptive) KL coefficient, fewer "
-                "updates or a stronger reward model.")
+        for key in REPETITION_KEYS:
+            found = self._start_and_now(key) if key in metrics else None
+            if found is None:
+                continue
+            start, now = found
+            if now - start > self.config.repetition_rise:
+                return self._fire(
+                    "repetition_rise", step,
+                    f"{key} rose from {start:.3g} to {now:.3g}: more replies repeat themselves, a common way to game "
+                    "a reward model. Read the samples; consider a larger (or adaptive) KL coefficient, fewer updates "
+                    "or a stronger reward model.")
         return None
 
     def _kl_blowup(self, step: int, metrics: dict[str, Any]) -> Alert | None:
-        values = self.history.get(KL_KEY, [])
+        return self._kl_over(step, metrics, KL_KEY, self.config.kl_max, self.config.kl_jump, "nats")
+
+    def _token_kl_blowup(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        limit = self.config.token_kl_max
+        return self._kl_over(step, metrics, TOKEN_KL_KEY, limit, limit, "nats per token")
+
+    def _kl_over(self, step: int, metrics: dict[str, Any], key: str, limit: float, jump: float,
+                 unit: str) -> Alert | None:
+        values = self.history.get(key, [])
         w = self.config.window
-        if KL_KEY not in metrics or len(values) < w:
+        if key not in metrics or len(values) < w:
             return None
         now = sum(values[-w:]) / w
-        if now > self.config.kl_max:
-            reason = f"averages {now:.4g} nats over the last {w} logs (limit {self.config.kl_max:g})"
-        elif len(values) > w and values[-1] - sum(values[-w - 1:-1]) / w > self.config.kl_jump:
+        if now > limit:
+            reason = f"averages {now:.4g} {unit} over the last {w} logs (limit {limit:g})"
+        elif len(values) > w and values[-1] - sum(values[-w - 1:-1]) / w > jump:
             reason = (f"jumped to {values[-1]:.4g} from {sum(values[-w - 1:-1]) / w:.4g} (more than "
-                      f"{self.config.kl_jump:g} nats in one log)")
+                      f"{jump:g} {unit} in one log)")
         else:
             return None
         return self._fire(
             "kl_blowup", step,
-            f"{KL_KEY} {reason}: the policy is moving away from the reference fast. Consider a lower learning "
+            f"{key} {reason}: the policy is moving away from the reference fast. Consider a lower learning "
             "rate, a larger KL coefficient (or an adaptive one) or a smaller clip range.")
+
+    def _reward_plateau(self, step: int, metrics: dict[str, Any]) -> Alert | None:
+        values = self.history.get(REWARD_KEY, [])
+        if REWARD_KEY not in metrics or len(values) < max(self.config.reward_plateau_logs, 2 * self.config.window):
+            return None
+        start, now = self._start_and_now(REWARD_KEY)
+        spreads = self.history.get(REWARD_STD_KEY, [])[:self.config.window]
+        spread = sum(spreads) / len(spreads) if spreads else abs(start)
+        if now - start > self.config.reward_plateau_gain * spread:
+            return None
+        return self._fire(
+            "reward_plateau", step,
+            f"{REWARD_KEY} went from {start:.4g} to {now:.4g} in {len(values)} logs, less than "
+            f"{self.config.reward_plateau_gain:g} x its starting spread ({REWARD_STD_KEY} {spread:.3g}): training is "
+            "not raising the reward. Check frac_reward_zero_std (a group whose completions all score the same "
+            "teaches nothing): try a higher temperature or num_generations, a reward with finer steps, or a "
+            "higher learning rate.")
 
 
 def check(history: Iterable[dict[str, Any]], config: HealthConfig | None = None,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from align import data, generation, models, reward_functions
 from align.errors import ConfigError
+from align.observe import health
 from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
 from align.stages import trainer as trainer_stage
 
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
     from align.observe.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-TRAIN_REPETITION_KEY = "completions/train_repetition_rate"
-"""The fraction of the latest step's sampled completions that repeat a 4-gram (the health rule's input)."""
 
 
 @dataclass
@@ -249,8 +247,8 @@ def _sample_statistics(trainer, tokenizer):
             completions = list(trainer._logs["completion"])
             if not logs or "reward" not in logs or not completions:
                 return
-            replies = [tokenizer("".join(m["content"] for m in reply), add_special_tokens=False)["input_ids"]
+            replies = [tokenizer("\n".join(m["content"] for m in reply), add_special_tokens=False)["input_ids"]
                        for reply in completions]
-            logs[TRAIN_REPETITION_KEY] = sum(map(generation.has_repeated_ngram, replies)) / len(replies)
+            logs[health.TRAINING_REPETITION_KEY] = sum(map(generation.has_repeated_ngram, replies)) / len(replies)
 
     return SampleStatistics()
