@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("runs of stages", frozenset({"align.pipeline", "align.sweep", "align.validate"})),
     ("entry points", frozenset({
         "align.stages", "align.stages.sft", "align.stages.reward", "align.stages.dpo", "align.stages.ppo",
+        "align.stages.kto", "align.stages.orpo", "align.stages.simpo",
         "align.stages.grpo", "align.stages.rloo",
         "align.stages.ppo.loop", "align.eval", "align.eval.command", "align.probe", "align.probe.command",
         "align.report", "align.report.command"})),
