@@ -191,10 +191,38 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from align.use import ChatConfig, chat
+
+    cfg = _load_options(args, ChatConfig)
+    if cfg.prompts is not None:
+        out, rows = chat.answer_file(cfg)
+        print(f"wrote {rows} replies to {out}")
+    elif cfg.prompt is not None:
+        replies = chat.answer_prompt(cfg)
+        for label, reply in replies:
+            print(f"[{label}] {reply}" if len(replies) > 1 else reply)
+    else:
+        chat.interact(chat.load(cfg), input, lambda text: print(text, end="", flush=True))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from align.use import ExportConfig, export
+
+    result = export.run(_load_options(args, ExportConfig))
+    print(f"export check passed: {result.verification.summary()}")
+    for path in result.files:
+        print(f"  {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"exported and checked in {result.seconds:.0f} s")
+    return 0
+
+
 def _add_option_commands(sub: argparse._SubParsersAction) -> None:
     from align.eval import EvalConfig
     from align.probe import ProbeConfig
     from align.report import ReportConfig
+    from align.use import ChatConfig, ExportConfig
 
     _add_options_command(
         sub, "eval", EvalConfig, _eval, example="num_samples: 200",
@@ -215,6 +243,20 @@ def _add_option_commands(sub: argparse._SubParsersAction) -> None:
         "baselines and intervals, probe, health alerts, replies side by side, cost",
         description="Write a static HTML report (no server, no network, plots embedded) of a run dir. See "
         "docs/report.md.")
+    _add_options_command(
+        sub, "chat", ChatConfig, _chat, example="max_new_tokens: 128", positional="model",
+        help_text="talk to a model (alias, stage output, LoRA adapter, pipeline run) with its chat template, replies "
+        "streamed; --compare a second one; --prompt / --prompts for scripts",
+        description="Chat in the terminal with a model and its own chat template. In the chat: /reset, /system "
+        "TEXT, /save FILE (OpenAI messages JSON), /quit. --prompt TEXT prints only the reply (greedy unless "
+        "--temperature); --prompts FILE --out FILE.jsonl answers every prompt of a data file.")
+    _add_options_command(
+        sub, "export", ExportConfig, _export, example="quant: q8_0", positional="model",
+        help_text="write a model as a merged Hugging Face checkpoint with a model card (--format hf) or one GGUF "
+        "file with an Ollama Modelfile (--format gguf), checked against its source",
+        description="Export a model (LoRA adapters merged) and check it: the export is loaded back with transformers "
+        "and its next-token logits on fixed chat prompts are compared with the source model's; a mismatch is an "
+        "error. Writes export.json with the figures beside the files.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,6 +326,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     datasets.disable_progress_bars()
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # GGUFWriter logs every metadata key, the template included
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()
 

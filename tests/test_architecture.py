@@ -14,8 +14,9 @@ The layers, highest first (LAYERS below). A module imports modules of its own la
   likewise probe and report). An entry point imports no other entry point, except a package's __init__ importing
   its own modules: commands and stages share code through the layers below, never by calling each other. So no
   module inside a package imports the package or its driver (e.g. nothing under align/stages/ppo/ imports
-  `align.stages.ppo` or `align.stages.ppo.loop`).
-- stage and command parts: every other module under align/stages/, align/eval/, align/probe/, align/report/.
+  `align.stages.ppo` or `align.stages.ppo.loop`). `align.use` holds two commands, `chat` and `export`.
+- stage and command parts: every other module under align/stages/, align/eval/, align/probe/, align/report/,
+  align/use/.
 - building blocks: `align.observe`, `generation`, `data`, `models`, `chat`, `rundir`, `config`, `sections`,
   `registry`, `reward_functions`.
 - pure: `align` itself (the version only), `align.rl`, `align.errors`.
@@ -42,8 +43,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "align.stages.kto", "align.stages.orpo", "align.stages.simpo",
         "align.stages.grpo", "align.stages.rloo",
         "align.stages.ppo.loop", "align.eval", "align.eval.command", "align.probe", "align.probe.command",
-        "align.report", "align.report.command"})),
-    ("stage and command parts", frozenset({"align.stages.*", "align.eval.*", "align.probe.*", "align.report.*"})),
+        "align.report", "align.report.command", "align.use", "align.use.chat", "align.use.export"})),
+    ("stage and command parts", frozenset({"align.stages.*", "align.eval.*", "align.probe.*", "align.report.*",
+                                           "align.use.*"})),
     ("building blocks", frozenset({
         "align.observe", "align.observe.*", "align.generation", "align.data", "align.models", "align.chat",
         "align.rundir", "align.config", "align.sections", "align.registry", "align.reward_functions"})),
