@@ -1,0 +1,232 @@
+"""GRPO and RLOO on the tiny models: weighted rewards logged one by one, the policy (or only its LoRA adapter) moves,
+outputs reload and `align eval` reads them, config mistakes name their key, resume, pipeline wiring, and that both
+raise a rule reward (and lower it when the rule is negated)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from align import cli, config, pipeline, stages
+from align.errors import ConfigError
+from align.observe import tracking
+from align.stages import group_rl
+
+SENTENCE = ("the cat sat on the mat and looked at the dog a helpful assistant answers the question with care "
+            "what is the capital of france")
+WORDS = SENTENCE.split(" ")
+
+RULES = '''
+def letters(prompts, completions):
+    """The fraction of a reply's characters that are ASCII letters."""
+    return [sum(ch.isascii() and ch.isalpha() for ch in c) / max(len(c), 1) for c in completions]
+
+
+def no_letters(prompts, completions):
+    return [-score for score in letters(prompts, completions)]
+
+
+def one_per_reply(prompts, completions):
+    return [1.0]
+'''
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": " ".join(WORDS[i:i + 5])}]}) + "\n"
+                            for i in range(len(WORDS) - 5)))
+    return path
+
+
+@pytest.fixture
+def rules(tmp_path) -> Path:
+    path = tmp_path / "rules.py"
+    path.write_text(RULES)
+    return path
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_model_dir, prompts, rules):
+    """make_cfg(stage, *overrides, rewards=None) -> config: 2 steps of 8 completions (4 prompts x 2), 8 new tokens,
+    the letters rule unless `rewards` is given, no tracking backend."""
+
+    def make(stage: str, *overrides: str, rewards: list[dict] | None = None):
+        base = {"model": {"name_or_path": str(tiny_model_dir)},
+                "rewards": rewards or [{"function": f"{rules}:letters"}], "data": {"train": [str(prompts)]},
+                "train": {"output_dir": str(tmp_path / stage), "max_steps": 2, "batch_size": 8, "learning_rate": 1e-2,
+                          "lr_scheduler": "constant", "max_length": 64, "save_steps": 100, "num_threads": 1},
+                "tracking": {"backend": "none"}, "num_generations": 2, "max_completion_length": 8}
+        return config.load_config(stages.config_class(stage), None, list(overrides), base=base)
+
+    return make
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return {name: p.detach().clone() for name, p in AutoModelForCausalLM.from_pretrained(path).named_parameters()}
+
+
+def test_grpo_sums_weighted_rewards_logs_each_by_name_and_moves_the_policy(make_cfg, rules, tiny_model_dir,
+                                                                            tiny_reward_model_dir):
+    cfg = make_cfg("grpo", "tracking.completions_every=1", "tracking.completions_prompts=2", "beta=0.1",
+                   rewards=[{"function": f"{rules}:letters"}, {"name_or_path": str(tiny_reward_model_dir),
+                                                                "weight": 0.5}])
+    result = stages.run("grpo", cfg)
+    out = result.output_dir
+    model_name = tiny_reward_model_dir.name
+    logged = [m for m in tracking.read_metrics(out) if "reward" in m]
+    assert [m["step"] for m in logged] == [1, 2]
+    for m in logged:
+        # TRL's reward is the weighted sum of the rewards, so its mean is the weighted sum of their means.
+        assert m["reward"] == pytest.approx(m["rewards/letters/mean"] + 0.5 * m[f"rewards/{model_name}/mean"],
+                                            abs=1e-5)
+        assert 0.0 <= m["completions/train_repetition_rate"] <= 1.0 and "kl" in m
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rewards"] == [
+        {"name": "letters", "weight": 1.0, "source": f"{rules}:letters"},
+        {"name": model_name, "weight": 0.5, "source": str(tiny_reward_model_dir)}]
+    assert summary["reference"] == f"frozen copy of the starting policy {tiny_model_dir}"
+    assert summary["health"]["alerts"] == []
+    before, after = weights(tiny_model_dir), weights(out)
+    assert all(not torch.equal(before[name], after[name]) for name in before if "layers.0.self_attn" in name)
+    saved = config.load_config(stages.config_class("grpo"), out / "config.yaml")
+    assert saved.rewards[1].weight == 0.5 and saved.stage == "grpo"
+    completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert {row["step"] for row in completions} == {0, 1, 2} and len(completions) == 6
+
+
+def test_rloo_with_lora_trains_the_adapter_against_the_adapter_disabled_policy(make_cfg, tiny_model_dir):
+    out = stages.run("rloo", make_cfg("rloo", "model.lora.enabled=true", "model.lora.rank=4", "save_merged=true"))
+    out = out.output_dir
+    assert json.loads((out / "summary.json").read_text())["reference"] == (
+        f"the starting policy {tiny_model_dir}: the policy with its LoRA adapter disabled")
+    assert all("kl" in m for m in tracking.read_metrics(out) if "reward" in m)
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    before, merged = weights(tiny_model_dir), weights(out / "merged")
+    assert any(not torch.equal(before[name], merged[name]) for name in before)
+
+
+def test_an_sft_adapter_dir_is_merged_and_its_merge_is_the_reference(make_cfg, tmp_path, tiny_model_dir, monkeypatch):
+    import peft
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                peft.LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    torch.manual_seed(3)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "sft")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "sft")
+    merged = {name: p.detach().clone() for name, p in model.merge_and_unload().named_parameters()}
+
+    from align.stages import grpo
+
+    built, real_build = [], grpo.build
+    monkeypatch.setattr(grpo, "build", lambda cfg, tracker: built.append(real_build(cfg, tracker)) or built[-1])
+    result = stages.run("grpo", make_cfg("grpo", f"model.name_or_path={tmp_path / 'sft'}", "beta=0.1",
+                                         "train.max_steps=1"))
+    reference = dict(built[0].trainer.ref_model.named_parameters())
+    assert all(torch.equal(reference[name], merged[name]) for name in merged)
+    assert "(merged)" in json.loads((result.output_dir / "summary.json").read_text())["reference"]
+
+
+@pytest.mark.parametrize(("stage", "overrides", "message"), [
+    ("grpo", ["betta=0.1"], "betta: unknown key. Did you mean 'beta'?"),
+    ("grpo", ["rewards=[{functon: x.py:f}]"], "rewards[0].functon: unknown key. Did you mean 'function'?"),
+    ("grpo", ["rewards=[{function: m:f, name_or_path: d}]"], "rewards[0].name_or_path: set exactly one of"),
+    ("grpo", ["rewards=[]"], "rewards: name at least one reward"),
+    ("grpo", ["rewards=[{function: /no/such.py:f}]"], "rewards[0].function: file '/no/such.py' not found"),
+    ("grpo", ["num_generations=3"], "batch_size x grad_accum = 8 must be a multiple of num_generations=3"),
+    ("grpo", ["loss_type=dapoo"], "loss_type"),
+    ("grpo", ["trainer_overrides={reward_weights: [1.0]}"], ("trainer_overrides.reward_weights: set by align; use "
+                                                             "rewards[].weight")),
+    ("grpo", ["max_completion_length=64"], "train.max_length: must exceed max_completion_length=64"),
+    ("rloo", ["scale_rewards=none"], "scale_rewards: unknown key"),
+    ("rloo", ["trainer_overrides={normalise_advantages: true}"], "Did you mean 'normalize_advantages'?"),
+])
+def test_config_mistakes_name_their_key(make_cfg, stage, overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        make_cfg(stage, *overrides)
+    assert message in str(caught.value)
+
+
+def test_a_reward_rule_returning_the_wrong_count_names_its_key(make_cfg, rules):
+    with pytest.raises(ConfigError, match=r"rewards\[0\].function: must return one float per completion \(8\)"):
+        stages.run("grpo", make_cfg("grpo", rewards=[{"function": f"{rules}:one_per_reply"}]))
+
+
+def test_grpo_resumes_from_its_last_checkpoint(make_cfg, tmp_path):
+    stages.run("grpo", make_cfg("grpo", "train.save_steps=2"))
+    resumed = stages.run("grpo", make_cfg("grpo", "train.save_steps=2", "train.max_steps=4", "train.resume=true"))
+    assert resumed.metrics["steps"] == 4
+    assert [m["step"] for m in tracking.read_metrics(tmp_path / "grpo") if "reward" in m] == [1, 2, 3, 4]
+
+
+def test_align_eval_scores_a_grpo_output_with_a_rule(make_cfg, rules, prompts, tiny_model_dir, tmp_path):
+    out = stages.run("grpo", make_cfg("grpo")).output_dir
+    code = cli.main(["eval", "--policy", str(out), "--reference", str(tiny_model_dir), "--data", str(prompts),
+                     "--judge", f"rule:{rules}:letters", "--out", str(tmp_path / "eval"), "--max-new-tokens", "6",
+                     "--num-samples", "4", "--num-threads", "1"])
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    (policy,) = report["policies"]
+    assert policy["path"] == str(out)
+    assert 0.0 <= policy["generation"]["judge_score_mean"] <= 1.0 and policy["generation"]["kl"] > 0
+
+
+def test_pipeline_gives_grpo_and_rloo_the_latest_policy_and_the_last_reward_model(tmp_path, tiny_model_dir, prompts,
+                                                                                   rules):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": [{"role": "user", "content": "hello"}],
+                                 "chosen": [{"role": "assistant", "content": "hello"}],
+                                 "rejected": [{"role": "assistant", "content": "no"}]}) + "\n")
+    train = {"max_steps": 1, "batch_size": 2, "max_length": 64}
+    rl = {"data": {"train": [str(prompts)]}, "train": train, "num_generations": 2, "max_completion_length": 8}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"stage": "pipeline", "run_dir": str(tmp_path / "run"),
+                                    "model": {"name_or_path": str(tiny_model_dir)}, "stages": [
+        {"name": "reward", "config": {"data": {"train": [str(pairs)]}, "train": train}},
+        {"name": "grpo", "config": rl},
+        {"name": "rloo", "config": {**rl, "rewards": [{"function": f"{rules}:letters"}]}}]}))
+    plans = pipeline.resolve(pipeline.load(str(path)))
+    run = tmp_path / "run"
+    assert [p.cfg.model.name_or_path for p in plans] == [str(tiny_model_dir), str(tiny_model_dir), str(run / "grpo")]
+    assert [(r.name_or_path, r.function) for r in plans[1].cfg.rewards] == [(str(run / "reward"), None)]
+    assert [(r.name_or_path, r.function) for r in plans[2].cfg.rewards] == [(None, f"{rules}:letters")]
+    assert plans[1].inputs == {"model": str(tiny_model_dir), "rewards[0]": str(run / "reward")}
+    assert cli.main(["validate", str(path)]) == 0
+
+
+def test_reward_names_are_readable_and_unique():
+    specs = [group_rl.RewardSpec(function="examples/rewards.py:concise"),
+             group_rl.RewardSpec(function="pkg.rules:concise"), group_rl.RewardSpec(name_or_path="runs/x/reward/")]
+    assert group_rl.reward_labels(specs) == ["concise", "concise_2", "reward"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+def test_the_policy_raises_a_rule_reward_and_lowers_it_when_negated(make_cfg, rules, stage):
+    """Rule: the fraction of a reply's characters that are ASCII letters (about 0.62 for the tiny model at first;
+    its byte-level vocabulary holds letters and other bytes, so the share can go either way). 20 steps of 2 prompts x
+    8 completions of up to 16 tokens, lr 1e-2. Measured, mean of the first / last 5 steps: grpo 0.62 -> 0.80 and
+    negated 0.61 -> 0.37; rloo 0.62 -> 0.73 and negated 0.60 -> 0.52. About 15 s a run on one core."""
+    settings = ["train.max_steps=20", "train.batch_size=16", "max_completion_length=16", "num_generations=8"]
+
+    def letters_share(rule: str) -> tuple[float, float]:
+        cfg = make_cfg(stage, *settings, f"train.output_dir={rules.parent / rule}",
+                       rewards=[{"function": f"{rules}:{rule}"}])
+        scores = [abs(m[f"rewards/{rule}/mean"]) for m in tracking.read_metrics(stages.run(stage, cfg).output_dir)
+                  if "reward" in m]
+        return sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+
+    first, last = letters_share("letters")
+    assert last > first + 0.05, f"letters rewarded: {first:.2f} -> {last:.2f}"
+    first, last = letters_share("no_letters")
+    assert last < first - 0.05, f"letters penalised: {first:.2f} -> {last:.2f}"
