@@ -135,3 +135,44 @@ def test_kto_precomputed_reference_log_probs_are_cached(tmp_path, tiny_model_dir
             assert row[column] == pytest.approx(token_logps[len(row["prompt_ids"]) - 1:].sum().item(), abs=1e-4)
     stored = (ref_cache.cache_root() / report["key"] / ref_cache.VALUES_FILE)
     assert stored.is_file()
+
+
+def test_kto_resume_continues_exactly(tmp_path, tiny_model_dir):
+    """2 steps, then resumed to 4 from checkpoint-2: the same weights as 4 steps in one go (the rows' shuffle is
+    seeded, and TRL reads them in order, so the resumed run sees the same batches)."""
+    train = write_pairs(tmp_path / "train.jsonl", SEPARABLE_PAIRS[:8])
+    steps = ("train.save_steps=2",)
+    stages.run("kto", make_cfg(tmp_path / "a", tiny_model_dir, train, None, "train.max_steps=2", *steps))
+    resumed = stages.run("kto", make_cfg(tmp_path / "a", tiny_model_dir, train, None, "train.max_steps=4",
+                                         "train.resume=true", *steps))
+    straight = stages.run("kto", make_cfg(tmp_path / "b", tiny_model_dir, train, None, "train.max_steps=4", *steps))
+    assert resumed.metrics["steps"] == straight.metrics["steps"] == 4
+    assert [m["step"] for m in tracking.read_metrics(tmp_path / "a" / "out") if "loss" in m] == [1, 2, 3, 4]
+    a, b = (load_file(str(tmp_path / run / "out" / "model.safetensors")) for run in ("a", "b"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_pipeline_wires_the_preference_stages_as_policy_stages(tmp_path, tiny_model_dir):
+    """sft -> kto -> simpo -> orpo: each starts from the previous stage's output; KTO's reference is its starting
+    policy (the sft output), ORPO and SimPO have none. Resolving trains nothing."""
+    import yaml
+
+    from align import pipeline
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", SEPARABLE_PAIRS[:4])
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hello"},
+                                              {"role": "assistant", "content": "hi"}]}) + "\n")
+    run = tmp_path / "run"
+    entry = {"data": {"train": [str(pairs)]}, "train": {"max_steps": 1}}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "pipeline", "run_dir": str(run), "model": {"name_or_path": str(tiny_model_dir)},
+        "stages": [{"name": "sft", "config": {"data": {"train": [str(chats)]}, "train": {"max_steps": 1}}},
+                   {"name": "kto", "config": entry}, {"name": "simpo", "config": entry},
+                   {"name": "orpo", "config": entry}]}))
+    plans = {plan.name: plan.cfg for plan in pipeline.resolve(pipeline.load(str(path)))}
+    assert plans["kto"].model.name_or_path == str(run / "sft") and plans["kto"].reference is None
+    assert plans["simpo"].model.name_or_path == str(run / "kto")
+    assert plans["orpo"].model.name_or_path == str(run / "simpo")
+    assert plans["orpo"].train.output_dir == str(run / "orpo")
