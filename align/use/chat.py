@@ -191,3 +191,16 @@ def answer_file(cfg: ChatConfig) -> tuple[Path, int]:
                   "model": speaker.label} for prompt, text in zip(prompts, done.texts, strict=True)]
     out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return out, len(rows)
+
+
+def run(cfg: ChatConfig, read: Read, write: Write) -> None:
+    """`align chat`: answer --prompts into --out, or --prompt (only the reply is written), or chat until /quit."""
+    if cfg.prompts is not None:
+        out, rows = answer_file(cfg)
+        write(f"wrote {rows} replies to {out}\n")
+    elif cfg.prompt is not None:
+        replies = answer_prompt(cfg)
+        for label, reply in replies:
+            write(f"[{label}] {reply}\n" if len(replies) > 1 else f"{reply}\n")
+    else:
+        interact(load(cfg), read, write)
