@@ -23,7 +23,9 @@ EVAL_PREFIX = "eval_"
 BOOKKEEPING = {"step", "time", "epoch", "episode", "total_flos", "num_tokens", "num_input_tokens_seen", "train_loss"}
 BOOKKEEPING_SUFFIXES = ("_runtime", "_per_second")
 TOP_LEVEL_GROUPS = {"loss": "loss", "grad_norm": "optimizer", "learning_rate": "optimizer", "lr": "optimizer",
-                    "accuracy": "accuracy", "mean_token_accuracy": "accuracy", "entropy": "entropy"}
+                    "accuracy": "accuracy", "mean_token_accuracy": "accuracy", "entropy": "entropy",
+                    # GRPO / RLOO (TRL): beside each reward's rewards/<name>/mean
+                    "reward": "rewards", "reward_std": "rewards", "frac_reward_zero_std": "rewards", "kl": "kl"}
 COLUMNS = 3
 
 

@@ -73,7 +73,7 @@ def weights(path) -> dict[str, torch.Tensor]:
 
 
 def test_grpo_sums_weighted_rewards_logs_each_by_name_and_moves_the_policy(make_cfg, rules, tiny_model_dir,
-                                                                            tiny_reward_model_dir):
+                                                                            tiny_reward_model_dir, stage_plots):
     cfg = make_cfg("grpo", "tracking.completions_every=1", "tracking.completions_prompts=2", "beta=0.1",
                    rewards=[{"function": f"{rules}:letters"}, {"name_or_path": str(tiny_reward_model_dir),
                                                                 "weight": 0.5}])
@@ -99,11 +99,18 @@ def test_grpo_sums_weighted_rewards_logs_each_by_name_and_moves_the_policy(make_
     assert saved.rewards[1].weight == 0.5 and saved.stage == "grpo"
     completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert {row["step"] for row in completions} == {0, 1, 2} and len(completions) == 6
+    assert {"rewards.png", "kl.png", "completions.png"} <= {path.name for path in (out / "plots").iterdir()}
 
 
-def test_rloo_with_lora_trains_the_adapter_against_the_adapter_disabled_policy(make_cfg, tiny_model_dir):
-    out = stages.run("rloo", make_cfg("rloo", "model.lora.enabled=true", "model.lora.rank=4", "save_merged=true"))
-    out = out.output_dir
+def test_rloo_with_lora_trains_the_adapter_against_the_adapter_disabled_policy(make_cfg, tiny_model_dir,
+                                                                               monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = stages.run("rloo", make_cfg("rloo", "model.lora.enabled=true", "model.lora.rank=4", "save_merged=true",
+                                      "tracking.backend=wandb", "tracking.project=align-tests")).output_dir
+    from wandb_records import finished_run_file, summarize
+
+    logged = summarize(finished_run_file(out))
+    assert {"reward", "rewards/letters/mean", "kl"} <= logged["history"] and logged["job_type"] == "rloo"
     assert json.loads((out / "summary.json").read_text())["reference"] == (
         f"the starting policy {tiny_model_dir}: the policy with its LoRA adapter disabled")
     assert all("kl" in m for m in tracking.read_metrics(out) if "reward" in m)
