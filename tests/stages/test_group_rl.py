@@ -144,6 +144,14 @@ def test_an_sft_adapter_dir_is_merged_and_its_merge_is_the_reference(make_cfg, t
     assert "(merged)" in json.loads((result.output_dir / "summary.json").read_text())["reference"]
 
 
+def test_grpo_freezing_keeps_the_frozen_block_and_embeddings(make_cfg, tiny_model_dir):
+    out = stages.run("grpo", make_cfg("grpo", "model.freeze.first_layers=1", "model.freeze.embeddings=true")).output_dir
+    before, after = weights(tiny_model_dir), weights(out)
+    frozen = [name for name in before if "layers.0." in name or "embed_tokens" in name]
+    assert frozen and all(torch.equal(before[name], after[name]) for name in frozen)
+    assert all(not torch.equal(before[name], after[name]) for name in before if "layers.1.self_attn" in name)
+
+
 @pytest.mark.parametrize(("stage", "overrides", "message"), [
     ("grpo", ["betta=0.1"], "betta: unknown key. Did you mean 'beta'?"),
     ("grpo", ["rewards=[{functon: x.py:f}]"], "rewards[0].functon: unknown key. Did you mean 'function'?"),
