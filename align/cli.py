@@ -194,7 +194,16 @@ def _report(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from align.use import ChatConfig, chat
 
-    chat.run(_load_options(args, ChatConfig), input, lambda text: print(text, end="", flush=True))
+    cfg = _load_options(args, ChatConfig)
+    if cfg.prompts is not None:
+        out, rows = chat.answer_file(cfg)
+        print(f"wrote {rows} replies to {out}")
+    elif cfg.prompt is not None:
+        replies = chat.answer_prompt(cfg)
+        for label, reply in replies:
+            print(f"[{label}] {reply}" if len(replies) > 1 else reply)
+    else:
+        chat.interact(chat.load(cfg), input, lambda text: print(text, end="", flush=True))
     return 0
 
 
@@ -335,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 143 after SIGTERM (errors.Terminated)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

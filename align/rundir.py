@@ -204,6 +204,54 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / f"{CHECKPOINT_PREFIX}{step}"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step (PPO: update) a `checkpoint-N` dir was written at."""
+    return int(_CHECKPOINT.match(path.name).group(1))
+
+
+def drop_logs_after(output_dir: Path, step: int) -> None:
+    """Before a resumed run appends to them: drop the rows of metrics.jsonl, completions.jsonl and samples.jsonl
+    logged after `step` (the checkpoint it resumes from), and a row cut off mid-write, so no step appears twice.
+    Main process only."""
+    for name in (METRICS_FILE, COMPLETIONS_FILE, SAMPLES_FILE):
+        path = output_dir / name
+        if not path.is_file():
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _logged_at_or_before(line, step)]
+        if len(kept) < len(lines):
+            log.info("%s: dropping %d rows logged after step %d, which the resumed run logs again", path,
+                     len(lines) - len(kept), step)
+            tmp = path.with_name(f"{name}.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            tmp.replace(path)
+
+
+def _logged_at_or_before(line: str, step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:  # cut off by a kill mid-write
+        return False
+    return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step
+
+
+def disk_full(output_dir: Path, err: BaseException, is_main: bool) -> str:
+    """The one-line error for a full disk, after removing (main process) the partial write it left: a checkpoint
+    without its trainer_state.json, or PPO's tmp-checkpoint-N. Complete checkpoints are kept."""
+    where = getattr(err, "filename", None) or output_dir
+    removed = []
+    if is_main:
+        _, incomplete = checkpoints(output_dir)
+        for path in [*incomplete, *output_dir.glob(f"tmp-{CHECKPOINT_PREFIX}*")]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    complete, _ = checkpoints(output_dir)
+    cleaned = f"removed the partial {', '.join(sorted(removed))}; " if removed else ""
+    kept = (f"the last complete checkpoint {complete[-1]} is intact. Free space and rerun with train.resume=true"
+            if complete else "no complete checkpoint was saved yet. Free space and run again")
+    return f"no space left on device while writing {where}: {cleaned}{kept}"
+
+
 def checkpoints(output_dir: Path) -> tuple[list[Path], list[Path]]:
     """(complete, incomplete) checkpoints, oldest first. TRAINER_STATE_FILE marks a checkpoint as complete."""
     found = []

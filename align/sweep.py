@@ -1,14 +1,16 @@
 """`align sweep`: run a stage or pipeline config over a grid or a seeded random search of overrides.
 
 Trials run one after another in this process, each in `<run_dir>/<trial name>/` with its resolved config. A trial
-is finished once `trial.json` (written last) exists, so re-running a sweep skips finished trials. Results are
-ranked by the chosen eval metric into `results.csv`, `results.md` and `results.png`. To use several GPUs, start one
-process per GPU with `--shard i/n` (each runs every n-th trial) and `CUDA_VISIBLE_DEVICES` set accordingly.
+is finished once `trial.json` (written last) exists, so re-running a sweep skips finished trials and resumes an
+interrupted one from its last checkpoint. Results are ranked by the chosen eval metric into `results.csv`,
+`results.md` and `results.png`. To use several GPUs, start one process per GPU with `--shard i/n` (each runs every
+n-th trial) and `CUDA_VISIBLE_DEVICES` set accordingly.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import logging
@@ -21,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from align import config
+from align import config, rundir
 from align.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -186,7 +188,12 @@ def run(cfg: SweepConfig, shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any
             log.info("%s: finished earlier, skipped", trial.name)
             continue
         log.info("%s: %s", trial.name, trial.params)
-        metrics = _run_trial(kind, loaded[trial.index])
+        trial_cfg = loaded[trial.index]
+        if kind != "pipeline" and rundir.checkpoints(trial_dir)[0]:  # a pipeline resumes its stages itself
+            log.info("%s: interrupted earlier, resuming from its last checkpoint", trial.name)
+            trial_cfg = dataclasses.replace(trial_cfg, train=dataclasses.replace(trial_cfg.train, resume=True,
+                                                                                overwrite=False))
+        metrics = _run_trial(kind, trial_cfg)
         record = {"trial": trial.name, "params": trial.params, "metrics": metrics, "metric": metrics.get(cfg.metric)}
         (trial_dir / TRIAL_DONE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     return write_results(cfg, all_trials)

@@ -124,8 +124,9 @@ class HealthMonitor:
             return []
         shown = ", ".join(f"{key} = {value}" for key, value in broken.items())
         alert = self._fire("non_finite_loss", step,
-                           f"{shown} at step {step}: training stops here and the last checkpoint is kept. Lower the "
-                           "learning rate, check the data for empty or huge rows, or use fp32/bf16 instead of fp16.",
+                           f"{shown} at step {step}: training stops here and the last checkpoint is kept. Rerun "
+                           "with train.resume=true and a lower train.learning_rate (it applies from that checkpoint "
+                           "on); or check the data for empty or huge rows, or use fp32/bf16 instead of fp16.",
                            severity="fatal")
         return [alert] if alert else []
 
@@ -292,6 +293,17 @@ class HealthReporter:
                           level=WANDB_LEVELS[alert.severity])
         return alerts
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so that a resumed run's rules compare against the run's own start (not the
+        resumed part's) and its summary lists the alerts raised before the resume (JSON-safe)."""
+        return {"history": self.monitor.history, "fired": sorted(self.monitor.fired),
+                "alerts": [alert.to_dict() for alert in self.alerts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.monitor.history = {key: list(values) for key, values in state["history"].items()}
+        self.monitor.fired = set(state["fired"])
+        self.alerts = [Alert(**alert) for alert in state["alerts"]]
+
     def summary(self) -> dict[str, Any]:
         """What the stage's summary.json records: every alert, and the fatal one that stopped training, if any."""
         return {"alerts": [alert.to_dict() for alert in self.alerts],
@@ -301,18 +313,26 @@ class HealthReporter:
 def health_callback(monitor: HealthMonitor, tracker: Any = None):
     """A transformers TrainerCallback (and `HealthReporter`) that checks every trainer log.
 
-    It runs on every process, so on a fatal alert all of them stop together (the logged values are the same
-    everywhere); only the main process logs and sends alerts. On a fatal alert it sets
-    `control.should_training_stop`, and cancels this step's checkpoint and evaluation so nothing broken is written;
-    the caller checks `stopped_on_fatal` and skips its final save.
+    Its state goes into every checkpoint and comes back when the run resumes. It runs on every process, so on a fatal
+    alert all of them stop together (the logged values are the same everywhere); only the main process logs and sends
+    alerts. On a fatal alert it sets `control.should_training_stop`, and cancels this step's checkpoint and evaluation
+    so nothing broken is written; the caller checks `stopped_on_fatal` and skips its final save.
     """
     # Defined here so that importing this module does not import transformers (config loading stays light).
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
 
-    class HealthCallback(TrainerCallback, HealthReporter):
+    class HealthCallback(TrainerCallback, HealthReporter, ExportableState):
+        def state(self) -> dict[str, Any]:
+            """Saved in each checkpoint's trainer_state.json (`stateful_callbacks`)."""
+            return {"args": {}, "attributes": self.state_dict()}
+
         def on_train_begin(self, args, state, control, **kwargs):
             if self.monitor.max_steps is None and state.max_steps > 0:
                 self.monitor.max_steps = state.max_steps
+            saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step else None
+            if isinstance(saved, dict) and "history" in saved.get("attributes", {}):
+                self.load_state_dict(saved["attributes"])  # resumed: the baselines and alerts so far
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs:

@@ -1,8 +1,8 @@
 """Metric tracking: `metrics.jsonl` in the output dir always, plus Weights & Biases when asked.
 
-W&B runs offline when no API key is available, so runs are kept on disk and can be synced later. Only the main
-process of a multi-process launch logs. The W&B run id is stored in the output dir so a resumed stage continues
-the same run. The API key is never written anywhere by us.
+W&B runs offline when no API key is available, or when its server cannot be reached (one warning), so runs are kept
+on disk and can be synced later. Only the main process of a multi-process launch logs. The W&B run id is stored in
+the output dir so a resumed stage continues the same run. The API key is never written anywhere by us.
 
 Lineage: a W&B run uses an artifact per input (each local data file, type "dataset"; each local input model dir,
 type "model") and logs the stage's final model as a "model" artifact. Artifacts reference files by file:// URI and
@@ -18,9 +18,12 @@ import math
 import os
 import re
 import secrets
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from align.rundir import LINEAGE, MERGED_DIR, METRICS_FILE, RUN_ID_FILE, SUMMARY, VALUE_MODEL_DIR
 from align.sections import TrackingConfig
@@ -75,19 +78,35 @@ class Tracker:
         id_file = self.output_dir / RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
-        run = wandb.init(
-            project=self.cfg.project,
-            entity=self.cfg.entity,
-            name=self.cfg.name or default_run_name(self.output_dir, self.stage),
-            group=self.cfg.group,
-            job_type=self.stage,
-            tags=list(self.cfg.tags) or None,
-            config=run_config,
-            dir=str(self.output_dir),
-            mode=mode,
-            id=run_id,
-            resume="allow",
-        )
+        server = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+        if mode == "online" and not reachable(server):
+            log.warning("W&B: %s cannot be reached; logging offline instead (upload later with `wandb sync`)", server)
+            mode = "offline"
+
+        def init(mode: str):
+            return wandb.init(
+                project=self.cfg.project,
+                entity=self.cfg.entity,
+                name=self.cfg.name or default_run_name(self.output_dir, self.stage),
+                group=self.cfg.group,
+                job_type=self.stage,
+                tags=list(self.cfg.tags) or None,
+                config=run_config,
+                dir=str(self.output_dir),
+                mode=mode,
+                id=run_id,
+                resume="allow",
+            )
+
+        try:
+            run = init(mode)
+        except wandb.errors.Error as err:  # reached, but refused or timed out (a bad key, a proxy, a slow network)
+            if mode != "online":
+                raise
+            log.warning("W&B: starting the online run failed (%s); logging offline instead (upload later with "
+                        "`wandb sync`)", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            mode = "offline"
+            run = init(mode)
         log.info("W&B run %s (%s mode) in %s", run_id, mode, self.output_dir / "wandb")
         data_files, model_dirs = inputs_of(run_config)
         for path in data_files:
@@ -167,6 +186,27 @@ class Tracker:
                     tracker.log(logs, step=state.global_step)
 
         return _TrackerCallback()
+
+
+def reachable(url: str, timeout: float = 5.0) -> bool:
+    """A TCP connection to `url`'s host and port opens within `timeout` seconds (name lookup included). Without it,
+    an online `wandb.init` waits about 90 s for its own timeout and then raises."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, UnicodeError):
+            pass
+
+    # A thread, as the name lookup itself has no timeout.
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(opened)
 
 
 def default_run_name(output_dir: Path, stage: str) -> str:

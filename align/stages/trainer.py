@@ -233,17 +233,22 @@ def train_and_save(trainer: Trainer, run: lifecycle.StageRun, *, has_eval: bool,
     progress.install(trainer, run.stage)
     out = run.output_dir
     # First, so that no other callback starts work for a run that is over.
-    trainer.callback_handler.callbacks.insert(0, _no_step_past_max_steps())
+    resumed = _ResumeAndStop(run)
+    trainer.callback_handler.callbacks.insert(0, resumed.callback())
     started = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=run.resume_from)
     except _AlreadyTrained:
         metrics: dict[str, Any] = _end_without_training(trainer, run.resume_from)
     else:
-        metrics = {"steps": trainer.state.global_step, "train_loss": result.training_loss}
+        if resumed.stopping and callbacks.fatal is None:
+            raise run.terminated(trainer.state.global_step)
+        metrics = {"steps": trainer.state.global_step,
+                   "train_loss": loss_over_all_steps(trainer.state.log_history, resumed.start_step,
+                                                     trainer.state.global_step, result.training_loss)}
         runtime = time.perf_counter() - started
         metrics["train_runtime_s"] = round(runtime, 2)
-        tokens = trainer.state.num_input_tokens_seen
+        tokens = trainer.state.num_input_tokens_seen - resumed.start_tokens  # this run's, not the checkpoint's
         if tokens and runtime > 0:
             metrics["tokens_per_s"] = round(tokens / runtime, 1)
     fatal = callbacks.fatal
@@ -267,18 +272,53 @@ class _AlreadyTrained(Exception):
     """The checkpoint resumed from already holds the run's last step."""
 
 
-def _no_step_past_max_steps() -> TrainerCallback:
-    """A callback that stops `Trainer.train` before its first step when the checkpoint it resumed from is at or past
-    max_steps. The Trainer itself checks max_steps only after a step: resumed inside an epoch (max_steps not a whole
-    number of epochs) it would run step max_steps + 1 and overwrite the final model."""
-    from transformers import TrainerCallback
+def loss_over_all_steps(log_history: list[dict[str, Any]], start: int, end: int, resumed_loss: float) -> float:
+    """The mean training loss per step over the whole run, as a run without interruption reports it. `Trainer.train`
+    returns the mean over the steps of this call only (`resumed_loss`, steps start+1..end); the steps before come
+    from the logged losses the checkpoint's log history holds (each the mean over its logging interval). Steps
+    between the last log and the checkpoint (logging_steps not dividing save_steps) have no record and are left out."""
+    logged, last = 0.0, 0
+    for record in log_history:
+        if "loss" in record and last < record["step"] <= start:
+            logged += record["loss"] * (record["step"] - last)
+            last = record["step"]
+    steps = last + end - start
+    return (logged + resumed_loss * (end - start)) / steps if steps else resumed_loss
 
-    class NoStepPastMaxSteps(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps > 0:
-                raise _AlreadyTrained
 
-    return NoStepPastMaxSteps()
+class _ResumeAndStop:
+    """The first callback of a TRL stage's trainer. At the start of `Trainer.train`: stops before the first step
+    when the checkpoint resumed from is at or past max_steps (the Trainer checks max_steps only after a step: resumed
+    inside an epoch it would run step max_steps + 1 and overwrite the final model); records where the run resumed;
+    puts a learning rate or schedule changed on resume in force (`lifecycle.apply_schedule`). At each step end: after
+    SIGTERM, has the Trainer save a checkpoint at this step and stop."""
+
+    def __init__(self, run: lifecycle.StageRun):
+        self.run = run
+        self.start_step = 0
+        self.start_tokens = 0
+        self.stopping = False
+
+    def callback(self) -> TrainerCallback:
+        from transformers import TrainerCallback
+
+        owner = self
+
+        class ResumeAndStop(TrainerCallback):
+            def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+                if state.global_step >= state.max_steps > 0:
+                    raise _AlreadyTrained
+                owner.start_step, owner.start_tokens = state.global_step, state.num_input_tokens_seen
+                if state.global_step and owner.run.schedule_changed():
+                    lifecycle.apply_schedule(optimizer, lr_scheduler, args.learning_rate)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if owner.run.stop_requested():
+                    owner.stopping = True
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        return ResumeAndStop()
 
 
 def _end_without_training(trainer: Trainer, checkpoint: str | None) -> dict[str, Any]:

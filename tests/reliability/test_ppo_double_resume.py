@@ -1,8 +1,9 @@
 """A PPO run interrupted twice within one pass over its prompts: the checkpoint a resumed run writes can itself be
-resumed, and the result equals a straight run bit for bit."""
+resumed, and the result equals a straight run bit for bit, its summary included."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -45,6 +46,13 @@ def test_a_checkpoint_written_after_a_resume_resumes_exactly(tmp_path, tiny_mode
         assert {k: v for k, v in a.items() if k != "time" and not k.startswith("timing/")} == \
                {k: v for k, v in b.items() if k != "time" and not k.startswith("timing/")}
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    # The summary speaks of the whole run: its first update's score, and the health history from update 1.
+    a, b = (json.loads((run / "summary.json").read_text()) for run in (straight, out))
+    assert b["metrics"]["objective/scores_first"] == a["metrics"]["objective/scores_first"] == \
+        logged_a[0]["objective/scores"]
+    assert b["health"] == a["health"] and b["resumed"]["update"] == 3
+    record = torch.load(out / "checkpoint-4" / "training_state.pt", weights_only=False)["record"]
+    assert record["health"]["history"]["objective/scores"] == [m["objective/scores"] for m in logged_a]
 
     # Started again with resume once finished: no update left, the same final model, the same update count.
     again = stages.run("ppo", make_cfg(out, tiny_model_dir, tiny_reward_model_dir, 4, "train.resume=true"))

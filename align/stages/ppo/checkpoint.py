@@ -1,8 +1,9 @@
 """What the PPO stage writes: checkpoints (and resuming from them), sample tables and the final model.
 
 `checkpoint-N/` holds everything needed to continue a run exactly where it stopped: `policy/` (the model, or the
-LoRA adapter) and `value_model/` in HF format, the optimizer, scheduler, KL controller and prompt-stream state, and
-every process's RNG states. It is written as `tmp-checkpoint-N/` and renamed when complete; `trainer_state.json`
+LoRA adapter) and `value_model/` in HF format, the optimizer, scheduler, KL controller and prompt-stream state, the
+run's own record (health baselines and alerts, the first update's score: what summary.json reports of the whole run),
+and every process's RNG states. It is written as `tmp-checkpoint-N/` and renamed when complete; `trainer_state.json`
 inside marks it complete (`align.rundir.checkpoints`).
 """
 
@@ -25,8 +26,9 @@ from align.stages.ppo.rollout import Experience
 from align.stages.ppo.setup import PPOBuild
 
 
-def save_checkpoint(parts: PPOBuild, out: Path, update: int, keep: int) -> None:
-    """Write checkpoint-`update`, then delete all but the newest `keep` checkpoints. Call on every process."""
+def save_checkpoint(parts: PPOBuild, out: Path, update: int, keep: int, record: dict[str, Any]) -> None:
+    """Write checkpoint-`update` with the run's `record` (JSON-safe), then delete all but the newest `keep`
+    checkpoints. Call on every process."""
     accelerator = parts.accelerator
     final = rundir.checkpoint_dir(out, update)
     tmp = final.with_name(f"tmp-{final.name}")
@@ -39,7 +41,8 @@ def save_checkpoint(parts: PPOBuild, out: Path, update: int, keep: int) -> None:
         parts.policy.save_pretrained(tmp / POLICY_DIR)
         parts.value_model.save_pretrained(tmp / VALUE_MODEL_DIR)
         torch.save({"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
-                    "kl_controller": parts.kl_controller.state_dict(), "prompts": parts.prompts.state_dict()},
+                    "kl_controller": parts.kl_controller.state_dict(), "prompts": parts.prompts.state_dict(),
+                    "record": record},
                    tmp / "training_state.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -52,8 +55,9 @@ def save_checkpoint(parts: PPOBuild, out: Path, update: int, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(parts: PPOBuild, path: Path) -> int:
-    """Restore all but the weights (`setup.build` loads those from `path`); returns the update it was taken at."""
+def load_checkpoint(parts: PPOBuild, path: Path) -> tuple[int, dict[str, Any]]:
+    """Restore all but the weights (`setup.build` loads those from `path`); returns the update it was taken at and
+    the run's record saved with it (empty in a checkpoint written before align kept one)."""
     meta = json.loads((path / TRAINER_STATE_FILE).read_text())
     if meta["processes"] != parts.accelerator.num_processes:
         raise ConfigError(f"train.resume: {path} was written by {meta['processes']} processes; resume with as many")
@@ -68,7 +72,7 @@ def load_checkpoint(parts: PPOBuild, path: Path) -> int:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None:
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return meta["global_step"]
+    return meta["global_step"], state.get("record", {})
 
 
 def write_samples(parts: PPOBuild, tracker: Tracker, experience: Experience, scores: torch.Tensor,

@@ -34,12 +34,19 @@ def _train(cfg: PPOConfig, run: lifecycle.StageRun) -> StageResult:
     parts = setup.build(cfg, run.resume_from)
     accelerator = parts.accelerator
     transformers.set_seed(cfg.train.seed + accelerator.process_index * 100003)  # each process samples differently
-    start = checkpoint.load_checkpoint(parts, Path(run.resume_from)) if run.resume_from else 0
+    start, record = checkpoint.load_checkpoint(parts, Path(run.resume_from)) if run.resume_from else (0, {})
+    if run.schedule_changed():
+        lifecycle.apply_schedule(parts.optimizer, parts.scheduler, cfg.train.learning_rate)
+    if "ppo.kl_coef" in run.changes:  # the controller's saved coefficient would win otherwise
+        parts.kl_controller.coef = ppo_cfg.kl_coef
     bar = tqdm(total=parts.total_updates, initial=start, desc="ppo", unit="update", dynamic_ncols=True,
                disable=not run.is_main)
-    started, first, metrics, last = time.perf_counter(), {}, {}, start
+    started, metrics, last = time.perf_counter(), {}, start
+    first = record.get("scores_first")  # the run's first update, also when it resumed
     reporter = health.HealthReporter(health.HealthMonitor(cfg.tracking.health, max_steps=parts.total_updates),
                                      tracker)
+    if "health" in record:
+        reporter.load_state_dict(record["health"])
     for step in range(start + 1, parts.total_updates + 1):
         t0 = time.perf_counter()
         queries, _ = generation.padded(parts.prompts.next(), parts.sampler.pad_id, accelerator.device, side="left")
@@ -51,7 +58,7 @@ def _train(cfg: PPOConfig, run: lifecycle.StageRun) -> StageResult:
         stats = update.ppo_epochs(cfg, parts, experience, shaped)
         timing.update(train=time.perf_counter() - t1, update=time.perf_counter() - t0)
         metrics, last = update.update_metrics(cfg, parts, experience, shaped, stats, timing, step), step
-        first = first or metrics
+        first = metrics["objective/scores"] if first is None else first
         # Every update is checked, logged or not. Metrics are reduced over processes, so all of them stop
         # together on a NaN loss, before this update's broken weights can reach a checkpoint.
         reporter.observe(step, metrics)
@@ -66,8 +73,13 @@ def _train(cfg: PPOConfig, run: lifecycle.StageRun) -> StageResult:
         bar.update(1)
         bar.set_postfix_str(f"score {metrics['objective/scores']:.3f} | kl {metrics['objective/kl']:.3f} | "
                             f"{timing['update']:.2f} s/update")
-        if step % cfg.train.save_steps == 0:
-            checkpoint.save_checkpoint(parts, out, step, keep=cfg.train.save_total_limit)
+        stopping = run.stop_requested()
+        if step % cfg.train.save_steps == 0 or stopping:
+            checkpoint.save_checkpoint(parts, out, step, keep=cfg.train.save_total_limit,
+                                       record={"scores_first": first, "health": reporter.state_dict()})
+        if stopping:
+            bar.close()
+            raise run.terminated(step, at="update")
     bar.close()
     totals = _run_metrics(time.perf_counter() - started, start, last, first, metrics)
     saved: dict[str, Any] = {}
@@ -81,12 +93,13 @@ def _train(cfg: PPOConfig, run: lifecycle.StageRun) -> StageResult:
     return result
 
 
-def _run_metrics(runtime: float, start: int, last: int, first: dict[str, Any],
+def _run_metrics(runtime: float, start: int, last: int, first: float | None,
                  metrics: dict[str, Any]) -> dict[str, Any]:
-    """summary.json's metrics: updates, runtime, and the first and last update's scores and KL."""
+    """summary.json's metrics: updates, this run's runtime per update, the run's first update's score and the last
+    update's scores and KL."""
     totals = {"steps": last, "train_runtime_s": round(runtime, 2),
               "s_per_update": round(runtime / max(1, last - start), 3)}
     if metrics:  # none when resuming a run that had already finished its updates
-        totals.update({"objective/scores_first": first["objective/scores"],
+        totals.update({"objective/scores_first": first,
                        **{k: metrics[k] for k in ("objective/scores", "objective/kl", "objective/rlhf_reward")}})
     return totals
