@@ -194,16 +194,7 @@ def _report(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from align.use import ChatConfig, chat
 
-    cfg = _load_options(args, ChatConfig)
-    if cfg.prompts is not None:
-        out, rows = chat.answer_file(cfg)
-        print(f"wrote {rows} replies to {out}")
-    elif cfg.prompt is not None:
-        replies = chat.answer_prompt(cfg)
-        for label, reply in replies:
-            print(f"[{label}] {reply}" if len(replies) > 1 else reply)
-    else:
-        chat.interact(chat.load(cfg), input, lambda text: print(text, end="", flush=True))
+    chat.run(_load_options(args, ChatConfig), input, lambda text: print(text, end="", flush=True))
     return 0
 
 
