@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,10 +70,18 @@ class RuleJudge:
         self.fn = fn
         self.tokenizer = tokenizer
         self.option = option  # what an error about a bad return value names
+        # prompt (as JSON) -> its text, rendered once: GRPO and RLOO score each prompt num_generations times a step
+        self._rendered: dict[str, str] = {}
+
+    def prompt_text(self, prompt: list[dict]) -> str:
+        key = json.dumps(prompt, sort_keys=True)
+        if key not in self._rendered:
+            ids = generation.prompt_ids(self.tokenizer, prompt)
+            self._rendered[key] = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self._rendered[key]
 
     def score(self, prompts: list[list[dict]], replies: list[list[dict]], progress: Progress | None = None) -> list[float]:
-        prompt_texts = [self.tokenizer.decode(generation.prompt_ids(self.tokenizer, prompt), skip_special_tokens=True)
-                        for prompt in prompts]
+        prompt_texts = [self.prompt_text(prompt) for prompt in prompts]
         texts = ["\n".join(message["content"] for message in reply) for reply in replies]
         scores = reward_functions.scores(self.fn, prompt_texts, texts, self.option)
         if progress:

@@ -10,22 +10,22 @@ exactly as there. Each reward is logged on its own as rewards/<name>/mean and re
 name being the rule's function name or the reward model dir's name.
 
 The KL reference (beta > 0) is the starting policy: a frozen copy, or with LoRA the policy with its adapter
-disabled. TRL loads its copy again from the checkpoint path; for a LoRA adapter dir (merged here) that path would
-be the bare base model, so the stage hands TRL the merged copy instead.
+disabled. TRL loads its copy again from the checkpoint path; for a LoRA adapter dir (merged here) that path is the
+bare base model, so the stage gives that copy the merged weights.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from align import data, generation, models, reward_functions
 from align.errors import ConfigError
 from align.observe import health
-from align.sections import DataConfig, LoraConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
 from align.stages import trainer as trainer_stage
 
 if TYPE_CHECKING:
@@ -229,9 +229,10 @@ def _reference(cfg: GroupRLConfig, trainer, model_path: str) -> str:
     if cfg.model.lora.enabled:
         return f"{starting}: the policy with its LoRA adapter disabled"
     if models.adapter_base(model_path) is not None:
-        reference_cfg = replace(cfg.model, gradient_checkpointing=False, lora=LoraConfig())
-        reference = models.frozen(models.load_causal_lm(reference_cfg, model_path))
-        trainer.ref_model = trainer.accelerator.prepare_model(reference, evaluation_mode=True)
+        # Not trained yet, the policy holds the merged weights; TRL's reference (the base) takes them and keeps the
+        # fused log-prob head TRL put on it.
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        trainer.accelerator.unwrap_model(trainer.ref_model).load_state_dict(policy.state_dict())
         return f"frozen copy of {starting} (merged)"
     return f"frozen copy of {starting}"
 
@@ -247,8 +248,8 @@ def _sample_statistics(trainer, tokenizer):
             completions = list(trainer._logs["completion"])
             if not logs or "reward" not in logs or not completions:
                 return
-            replies = [tokenizer("\n".join(m["content"] for m in reply), add_special_tokens=False)["input_ids"]
-                       for reply in completions]
+            texts = ["\n".join(message["content"] for message in reply) for reply in completions]
+            replies = tokenizer(texts, add_special_tokens=False)["input_ids"]
             logs[health.TRAINING_REPETITION_KEY] = sum(map(generation.has_repeated_ngram, replies)) / len(replies)
 
     return SampleStatistics()
