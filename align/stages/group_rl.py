@@ -130,13 +130,14 @@ def build(cfg: GroupRLConfig, tracker: Tracker, trl_config: str, trl_trainer: st
     models.configure_threads(cfg.train.num_threads)
     model_path = models.resolve_path(cfg.model.name_or_path)
     tokenizer = models.load_tokenizer(cfg.model, model_path)
+    labels = reward_labels(cfg.rewards)
     reward_fns = [_reward(spec, i, tokenizer, cfg.train.batch_size, label)
-                  for i, (spec, label) in enumerate(zip(cfg.rewards, reward_labels(cfg.rewards), strict=True))]
+                  for i, (spec, label) in enumerate(zip(cfg.rewards, labels, strict=True))]
 
     stage_data = data.load(cfg.data, "prompt")
     budget = cfg.train.max_length - cfg.max_completion_length
-    train_rows = _prompts_within(stage_data.train, tokenizer, budget, stage_data.dropped, "train")
-    eval_rows = _prompts_within(stage_data.eval, tokenizer, budget, stage_data.dropped, "eval")
+    train_rows, eval_rows = (_prompts_within(getattr(stage_data, split), tokenizer, budget, stage_data.dropped, split)
+                             for split in ("train", "eval"))
     if not train_rows:
         raise ConfigError(f"data.train: no usable prompts after formatting and length limits "
                           f"({dict(stage_data.dropped)})")
@@ -169,17 +170,14 @@ def build(cfg: GroupRLConfig, tracker: Tracker, trl_config: str, trl_trainer: st
     reference = _reference(cfg, trainer, model_path)
     # First, so that the tracker and the health rules see the statistic in the same log record.
     trainer.callback_handler.callbacks.insert(0, _sample_statistics(trainer, tokenizer))
+    rewards = [{"name": label, "weight": spec.weight, "source": spec.function or spec.name_or_path}
+               for spec, label in zip(cfg.rewards, labels, strict=True)]
     trainable, total = models.count_parameters(trainer.model)
     log.info("%s: %s, %d train / %d eval prompts, %d completions each; %s of %s parameters trainable; reference: %s; "
              "rewards: %s", cfg.stage, cfg.model.name_or_path, len(train_rows), len(eval_rows), cfg.num_generations,
-             f"{trainable:,}", f"{total:,}", reference,
-             ", ".join(f"{label} x {spec.weight:g}" for spec, label in zip(cfg.rewards, reward_labels(cfg.rewards),
-                                                                           strict=True)))
-    summary = {"reference": reference,
-               "rewards": [{"name": label, "weight": spec.weight, "source": spec.function or spec.name_or_path}
-                           for spec, label in zip(cfg.rewards, reward_labels(cfg.rewards), strict=True)]}
+             f"{trainable:,}", f"{total:,}", reference, ", ".join(f"{r['name']} x {r['weight']:g}" for r in rewards))
     return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
-                                      callbacks=stage_callbacks, summary=summary)
+                                      callbacks=stage_callbacks, summary={"reference": reference, "rewards": rewards})
 
 
 def reward_labels(specs: list[RewardSpec]) -> list[str]:
