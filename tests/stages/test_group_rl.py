@@ -172,6 +172,18 @@ def test_config_mistakes_name_their_key(make_cfg, stage, overrides, message):
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"betta": 0.1}, "error: invalid config in {path}: betta: unknown key. Did you mean 'beta'?"),
+    ({"trainer_overrides": {"optim": "adamw_nope"}}, "error: trainer_overrides: trl.GRPOConfig rejects"),
+])
+def test_the_cli_refuses_a_mistake_in_one_error_line(make_cfg, tmp_path, capsys, setting, message):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump({**config.to_dict(make_cfg("grpo")), **setting}))
+    assert cli.main(["grpo", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(path=path)) and "Traceback" not in err
+
+
 def test_a_reward_rule_returning_the_wrong_count_names_its_key(make_cfg, rules):
     with pytest.raises(ConfigError, match=r"rewards\[0\].function: must return one float per completion \(8\)"):
         stages.run("grpo", make_cfg("grpo", rewards=[{"function": f"{rules}:one_per_reply"}]))
