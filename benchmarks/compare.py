@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/compare.py                      # the real default model; writes benchmarks/RESULTS.md
     .venv/bin/python benchmarks/compare.py --model tiny --steps 4 --ppo-steps 4 --rounds 1 --out /tmp/RESULTS.md
 
-Runs SFT and DPO (and on request KTO, ORPO and SimPO), full and LoRA, through `align` and through a plain TRL script
-(benchmarks/raw_trl.py), and PPO
-through `align` and TRL 1.12's PPOTrainer (its own venv; benchmarks/ppo_parity.py's tiny setup, TRL's gc.collect()
-calls as shipped and patched out). Each run is a fresh child process; the implementations alternate (A B, B A, ...)
-for --rounds rounds and the table shows medians: seconds/step, tokens/s, peak memory (RSS on CPU; on a GPU also
-torch.cuda.max_memory_allocated and MFU against the measured bf16 matmul peak) and the ratio align / theirs.
+Runs SFT and DPO (and on request KTO, ORPO, SimPO, GRPO and RLOO), full and LoRA, through `align` and through a
+plain TRL script (benchmarks/raw_trl.py), and PPO through `align` and TRL 1.12's PPOTrainer (its own venv;
+benchmarks/ppo_parity.py's tiny setup, TRL's gc.collect() calls as shipped and patched out). Each run is a fresh
+child process; the implementations alternate (A B, B A, ...) for --rounds rounds and the table shows medians:
+seconds/step, tokens/s, peak memory (RSS on CPU; on a GPU also torch.cuda.max_memory_allocated and MFU against the
+measured bf16 matmul peak) and the ratio align / theirs.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ OUT_MD = REPO / "benchmarks" / "RESULTS.md"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", default="sft,dpo,ppo", help="comma-separated: sft, dpo, kto, orpo, simpo, ppo")
+    p.add_argument("--stages", default="sft,dpo,ppo",
+                   help="comma-separated: sft, dpo, kto, orpo, simpo, grpo, rloo, ppo")
     p.add_argument("--variants", default="full,lora", help="all but PPO: full fine-tuning, LoRA, or both")
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias, checkpoint dir, or 'tiny' (random)")
     p.add_argument("--steps", type=int, default=8)

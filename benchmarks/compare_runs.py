@@ -1,6 +1,6 @@
 """One timed run per call, each in a fresh child process, for compare.py.
 
-SFT, DPO, KTO, ORPO and SimPO (full or LoRA): `align <stage> --config` against benchmarks/raw_trl.py. PPO: `align ppo` against TRL
+SFT, DPO, KTO, ORPO, SimPO, GRPO and RLOO (full or LoRA): `align <stage> --config` against benchmarks/raw_trl.py. PPO: `align ppo` against TRL
 1.12's PPOTrainer (in its own venv) on benchmarks/ppo_parity.py's setup, with TRL's gc.collect() calls as shipped
 and patched out. Every run goes through measure.py (peak RSS, from wait4) and compare_child.py (peak CUDA memory).
 
@@ -31,10 +31,12 @@ import yaml
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PAIRS = REPO / "examples/data/preference.jsonl"
-DATA = {"sft": REPO / "examples/data/sft_chat.jsonl", "dpo": PAIRS, "kto": PAIRS, "orpo": PAIRS, "simpo": PAIRS}
+PROMPTS = REPO / "examples/data/prompts.jsonl"
+DATA = {"sft": REPO / "examples/data/sft_chat.jsonl", "dpo": PAIRS, "kto": PAIRS, "orpo": PAIRS, "simpo": PAIRS,
+        "grpo": PROMPTS, "rloo": PROMPTS}
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
-TRAINER_STAGES = ("sft", "dpo", "kto", "orpo", "simpo")
+TRAINER_STAGES = ("sft", "dpo", "kto", "orpo", "simpo", "grpo", "rloo")
 """The stages on a TRL trainer, timed against benchmarks/raw_trl.py."""
 PPO_LR, PPO_KL = 3e-6, "k1"  # ppo_parity.py's speed setup
 
@@ -42,7 +44,7 @@ PPO_LR, PPO_KL = 3e-6, "k1"  # ppo_parity.py's speed setup
 @dataclass(frozen=True)
 class Job:
     stage: str
-    """sft, dpo, kto, orpo, simpo or ppo."""
+    """sft, dpo, kto, orpo, simpo, grpo, rloo or ppo."""
     lora: bool = False
 
     @property
@@ -109,13 +111,23 @@ def align_config(job: Job, s: Settings, out: Path) -> dict:
             "data": {"train": [str(DATA[job.stage])]},
             "train": {"output_dir": str(out), "max_steps": s.steps, "batch_size": s.batch_size,
                       "max_length": s.max_length, "learning_rate": 1e-5, "lr_scheduler": "constant",
-                      "save_steps": 10_000, "num_threads": s.threads, "logging_steps": 1}}
+                      "save_steps": 10_000, "num_threads": s.threads, "logging_steps": 1},
+            **(GROUP_RL if job.stage in ("grpo", "rloo") else {})}
+
+
+GROUP_RL = {"rewards": [{"function": "examples/rewards.py:concise"}], "num_generations": 2,
+            "max_completion_length": 32, "temperature": 1.0, "beta": 0.04}
+"""GRPO / RLOO settings of both sides (raw_trl.py gets them as options; its rule is the same concise): batch_size
+completions per step, 2 per prompt."""
 
 
 def trl_args(job: Job, s: Settings, out: Path) -> list[str]:
     return [str(BENCH / "raw_trl.py"), job.stage, "--model", s.model, "--data", str(DATA[job.stage]),
             "--out", str(out), "--steps", str(s.steps), "--batch-size", str(s.batch_size),
-            "--max-length", str(s.max_length), "--threads", str(s.threads)] + (["--lora"] if job.lora else [])
+            "--max-length", str(s.max_length), "--threads", str(s.threads)] + (["--lora"] if job.lora else []) + (
+            ["--num-generations", str(GROUP_RL["num_generations"]), "--max-completion-length",
+             str(GROUP_RL["max_completion_length"]), "--beta", str(GROUP_RL["beta"])]
+            if job.stage in ("grpo", "rloo") else [])
 
 
 def ppo_trl_args(s: Settings, out: Path, gc: bool, steps: int, save_init: Path | None = None) -> list[str]:

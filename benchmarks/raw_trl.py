@@ -1,15 +1,17 @@
-"""The same SFT, DPO, KTO, ORPO or SimPO work as `align`, written as a plain TRL script, for side-by-side timing
-(compare.py).
+"""The same SFT, DPO, KTO, ORPO, SimPO, GRPO or RLOO work as `align`, written as a plain TRL script, for side-by-side
+timing (compare.py).
 
 Hyper-parameters are align's for the same config: where TRL's defaults differ (gradient checkpointing is on by
 default in trl.SFTConfig and trl.DPOConfig, off in align), they are set here. KTO gets the rows `align kto` trains
-on: each pair split into a desirable and an undesirable row, shuffled with align's default seed (42). compare.py times the steps from
-outside (compare_child.py), so this script adds no callback of its own.
+on: each pair split into a desirable and an undesirable row, shuffled with align's default seed (42). GRPO and RLOO
+score with examples/rewards.py:concise on the reply's text, as `align grpo` calls that rule. compare.py times the
+steps from outside (compare_child.py), so this script adds no callback of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["sft", "dpo", "kto", "orpo", "simpo"])
+    p.add_argument("stage", choices=["sft", "dpo", "kto", "orpo", "simpo", "grpo", "rloo"])
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
@@ -31,6 +33,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--lora", action="store_true")
+    p.add_argument("--num-generations", type=int, default=2, help="grpo / rloo: completions per prompt")
+    p.add_argument("--max-completion-length", type=int, default=32, help="grpo / rloo")
+    p.add_argument("--beta", type=float, default=0.04, help="grpo / rloo: KL coefficient")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,6 +76,14 @@ def main() -> None:
 
         trainer = ORPOTrainer(model=model, args=ORPOConfig(**common, beta=0.1), train_dataset=dataset,
                               processing_class=tokenizer, peft_config=peft_config)
+    elif args.stage in ("grpo", "rloo"):
+        group = {"num_generations": args.num_generations, "max_completion_length": args.max_completion_length,
+                 "temperature": 1.0, "beta": args.beta, "disable_dropout": True}
+        del common["max_length"]  # not a field of trl.GRPOConfig / RLOOConfig
+        config_class, trainer_class = ((trl.GRPOConfig, trl.GRPOTrainer) if args.stage == "grpo"
+                                       else (trl.RLOOConfig, trl.RLOOTrainer))
+        trainer = trainer_class(model=model, reward_funcs=concise_reward(), args=config_class(**common, **group),
+                                train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
     else:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -80,6 +93,19 @@ def main() -> None:
     trainer.train()
     trainer.save_model(str(out))  # align saves its final model too
     tokenizer.save_pretrained(out)
+
+
+def concise_reward():
+    """examples/rewards.py:concise as a TRL reward function on conversational completions."""
+    spec = importlib.util.spec_from_file_location("rewards", Path(__file__).resolve().parents[1] / "examples" /
+                                                  "rewards.py")
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+
+    def concise(prompts, completions, **_):
+        return rules.concise(prompts, ["\n".join(m["content"] for m in reply) for reply in completions])
+
+    return concise
 
 
 if __name__ == "__main__":
