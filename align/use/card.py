@@ -59,6 +59,8 @@ def stage_record(path: Path) -> StageRecord | None:
         return None
     settings = {f"{section}.{key}".lstrip("."): _section(cfg, section)[key] for section, keys in KEY_SETTINGS.items()
                 for key in keys if key in _section(cfg, section)}
+    if not settings.get("model.lora.enabled"):  # LoRA's rank and alpha mean nothing for a full fine-tune
+        settings = {k: v for k, v in settings.items() if not k.startswith("model.lora.")}
     lineage, summary = _read(path / LINEAGE), _read(path / SUMMARY)
     data = lineage.get("data") or {"sources": (cfg.get("data") or {}).get("train")}
     evals = sorted(found.parent for found in path.rglob(EVAL_MARKDOWN_FILE))

@@ -28,6 +28,15 @@ CONVERSATIONS = [
      {"role": "assistant", "content": "2, 3 and 5."},
      {"role": "user", "content": "And the next one?"},
      {"role": "assistant", "content": "7."}],
+    [{"role": "user", "content": "How do I boil an egg?"},
+     {"role": "assistant", "content": "Put the egg in a pot of cold water, bring it to a boil, then let it simmer for "
+                                      "about nine minutes. Cool it in cold water before you peel it."}],
+    [{"role": "user", "content": "Translate 'thank you' into French and Spanish."},
+     {"role": "assistant", "content": "In French it is 'merci', and in Spanish it is 'gracias'."}],
+    [{"role": "user", "content": "Why is the sky blue?"},
+     {"role": "assistant", "content": "Sunlight is scattered by the molecules of the air, and blue light, which has a "
+                                      "shorter wavelength, is scattered much more than red light, so the sky looks "
+                                      "blue from every direction."}],
 ]
 """The fixed chat prompts every export is checked on."""
 
