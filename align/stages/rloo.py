@@ -24,7 +24,8 @@ class RLOOConfig(group_rl.GroupRLConfig):
     num_generations: int = 2
     """Completions sampled per prompt; each one's baseline is the mean reward of the others (TRL's default: 2)."""
     beta: float = 0.05
-    """KL coefficient: beta x KL(policy || reference) is subtracted from each completion's reward (TRL's default)."""
+    """KL coefficient (TRL's default): beta x the completion's summed log-ratio to the reference is subtracted from
+    its reward, so the logged `reward` includes the penalty (rewards/<name>/mean do not)."""
     normalize_advantages: bool = False
     """Scale the advantages of each batch to zero mean and unit variance."""
 
