@@ -236,12 +236,23 @@ def _actions(plans: list[Plan], from_index: int | None, force: bool) -> dict[str
             actions[plan.name] = "skip"
         elif started:
             if _lineage(plan.out).get("config_hash") != plan.config_hash:
-                raise ConfigError(f"{plan.label}: {plan.out} holds an interrupted run with another config; start it "
-                                  f"over with --from {plan.name}")
+                _check_resumable(plan)
             actions[plan.name] = "resume"
         else:
             actions[plan.name] = "run"
     return actions
+
+
+def _check_resumable(plan: Plan) -> None:
+    """An interrupted stage whose config changed resumes when only keys that apply from its checkpoint on changed (a
+    lower learning rate after a NaN); a key the checkpoint fixes is refused here, before any stage runs."""
+    from align.stages import lifecycle
+
+    try:
+        lifecycle.resume_changes(plan.out, plan.cfg, log_changes=False)
+    except ConfigError as err:
+        raise ConfigError(f"{plan.label}: {plan.out} holds an interrupted run with another config: {err}; in a "
+                          f"pipeline, start it over with --from {plan.name}") from err
 
 
 def _check_inputs(plans: list[Plan], run_dir: Path) -> None:

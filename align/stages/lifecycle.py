@@ -147,17 +147,19 @@ SCHEDULE_KEYS = ("train.learning_rate", "train.lr_scheduler", "train.warmup_rati
                  "train.epochs")
 
 
-def resume_changes(out: Path, cfg: Any) -> dict[str, tuple[Any, Any]]:
+def resume_changes(out: Path, cfg: Any, log_changes: bool = True) -> dict[str, tuple[Any, Any]]:
     """The keys whose value differs from the resumed run's config.yaml, as (old, new); a ConfigError naming those of
     FIXED_ON_RESUME. The others apply from the checkpoint on (the optimizer's learning rate and schedule through
-    `apply_schedule`), and are logged. A key config.yaml lacks (written by an older align) is not compared."""
+    `apply_schedule`), and are logged (`log_changes`). A key config.yaml lacks (written by an older align) is not
+    compared."""
     path = out / rundir.CONFIG_FILE
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, yaml.YAMLError):
         old = None
     if not isinstance(old, dict):
-        log.warning("%s: no readable config of the run being resumed; changed keys cannot be checked", path)
+        if log_changes:
+            log.warning("%s: no readable config of the run being resumed; changed keys cannot be checked", path)
         return {}
     old_flat, new_flat = _flatten(old), _flatten(config.to_dict(cfg))
     changes = {key: (old_flat[key], value) for key, value in new_flat.items()
@@ -168,7 +170,7 @@ def resume_changes(out: Path, cfg: Any) -> dict[str, tuple[Any, Any]]:
         raise ConfigError(f"train.resume: {shown} differ from the run being resumed ({path}) and cannot change on "
                           "resume (the checkpoint's weights, optimizer state or data position depend on them). Set "
                           "them back, or start over with train.overwrite=true or in another output dir")
-    for key, (before, now) in changes.items():
+    for key, (before, now) in changes.items() if log_changes else ():
         log.warning("train.resume: %s changed from %r to %r; it applies from the checkpoint on", key, before, now)
     return changes
 

@@ -5,7 +5,7 @@ the NaN alert's advice (resume with a lower learning rate) gets past the step th
 from __future__ import annotations
 
 import pytest
-from faults import logged_steps, stage_config, summary, write_config
+from faults import interrupt_at, logged_steps, stage_config, summary, write_config
 
 from align import cli, models
 from align.observe import tracking
@@ -48,6 +48,7 @@ def test_the_nan_advice_works(tmp_path, tiny_model_dir, capsys):
                                        "changed": {"train.learning_rate": [160.0, 1e-3]}}
 
 
+@pytest.mark.slow
 def test_a_changed_schedule_applies_at_the_first_resumed_step(tmp_path, tiny_model_dir, capsys, caplog):
     new = ["train.max_steps=4", "train.lr_scheduler=linear", "train.learning_rate=0.02"]
     straight = tmp_path / "straight"
@@ -75,3 +76,28 @@ def test_keys_the_checkpoint_fixes_are_refused_before_the_weights_load(tmp_path,
     assert "model.lora.enabled: False -> True; train.batch_size: 2 -> 1" in err
     assert "cannot change on resume" in err and "train.max_steps" not in err
     assert (out / "config.yaml").read_text() == config_before, "the refused run's config is not recorded"
+
+
+@pytest.mark.slow
+def test_a_pipeline_resumes_an_interrupted_stage_with_a_new_learning_rate(tmp_path, tiny_model_dir, capsys,
+                                                                        monkeypatch):
+    def pipeline_yaml(dpo_train: dict) -> str:
+        stages = []
+        for name, train in (("sft", {"max_steps": 2}), ("dpo", {"max_steps": 4, **dpo_train})):
+            cfg = stage_config(tmp_path, name, tiny_model_dir, tmp_path / "unused", **train)
+            del cfg["train"]["output_dir"]
+            stages.append({"name": name, "config": {"data": cfg["data"], "train": cfg["train"]}})
+        return str(write_config(tmp_path / "pipeline.yaml", {"stage": "pipeline", "run_dir": str(tmp_path / "run"),
+                                                             "model": {"name_or_path": str(tiny_model_dir)},
+                                                             "stages": stages}))
+
+    interrupt_at(monkeypatch, 3)  # DPO's step 3
+    assert cli.main(["pipeline", "--config", pipeline_yaml({})]) == 130
+    capsys.readouterr()
+    code = cli.main(["pipeline", "--config", pipeline_yaml({"batch_size": 1})])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.batch_size: 2 -> 1" in err and "start it over with --from dpo" in err
+    assert cli.main(["pipeline", "--config", pipeline_yaml({"learning_rate": 1e-3})]) == 0
+    out = tmp_path / "run" / "dpo"
+    assert summary(out)["resumed"]["changed"] == {"train.learning_rate": [0.01, 1e-3]}
+    assert rates(out)[3] == pytest.approx(1e-3) and logged_steps(out) == [1, 2, 3, 4]

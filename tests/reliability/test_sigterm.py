@@ -96,10 +96,33 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_wandb_key_without_network_logs_offline_after_one_warning(tmp_path, monkeypatch, caplog):
+def no_network(monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+
+
+def test_a_wandb_key_without_network_starts_wandb_offline_after_one_warning(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    no_network(monkeypatch)
+    modes = []
+
+    def init(**kwargs):  # the start only: the real offline run is the slow test below
+        modes.append(kwargs["mode"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wandb, "init", init)
+    with caplog.at_level(logging.WARNING, logger="align"), pytest.raises(KeyboardInterrupt):
+        tracking.Tracker(TrackingConfig(backend="wandb", project="p"), tmp_path / "out", stage="sft", run_config={})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert modes == ["offline"]
+    assert len(warnings) == 1 and "cannot be reached; logging offline instead" in warnings[0]
+
+
+@pytest.mark.slow
+def test_a_wandb_key_without_network_logs_offline(tmp_path, monkeypatch, caplog):
+    no_network(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="align"):
         tracker = tracking.Tracker(TrackingConfig(backend="wandb", project="p"), tmp_path / "out", stage="sft",
                                    run_config={})
