@@ -155,6 +155,9 @@ def reference_free_build(cfg: Any, tracker: Tracker, *, stage: str, trainer_clas
     arguments = trainer_stage.training_arguments(cfg.train, cfg.model, has_eval=has_eval,
                                                  default_metric="eval_rewards/accuracies")
     arguments["per_device_eval_batch_size"] = trainer_stage.pair_eval_batch_size(len(eval_rows), cfg.train.batch_size)
+    # Their batches carry chosen_/rejected_input_ids, no input_ids: the Trainer would warn at every step and count
+    # nothing.
+    arguments["include_num_input_tokens_seen"] = False
     args = trainer_stage.trl_arguments(config_class, cfg.trainer_overrides, **arguments,
                                        max_length=cfg.train.max_length, **loss_arguments)
     trainer = trainer_class(
