@@ -208,8 +208,8 @@ def test_align_eval_scores_a_grpo_output_with_a_rule(make_cfg, rules, prompts, t
     assert 0.0 <= policy["generation"]["judge_score_mean"] <= 1.0 and policy["generation"]["kl"] > 0
 
 
-def test_pipeline_gives_grpo_and_rloo_the_latest_policy_and_the_last_reward_model(tmp_path, tiny_model_dir, prompts,
-                                                                                   rules):
+def write_group_pipeline(tmp_path, tiny_model_dir, prompts, rules) -> Path:
+    """reward -> grpo (rewards left to the wiring) -> rloo (its own rule), one step each."""
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": [{"role": "user", "content": "hello"}],
                                  "chosen": [{"role": "assistant", "content": "hello"}],
@@ -222,6 +222,12 @@ def test_pipeline_gives_grpo_and_rloo_the_latest_policy_and_the_last_reward_mode
         {"name": "reward", "config": {"data": {"train": [str(pairs)]}, "train": train}},
         {"name": "grpo", "config": rl},
         {"name": "rloo", "config": {**rl, "rewards": [{"function": f"{rules}:letters"}]}}]}))
+    return path
+
+
+def test_pipeline_gives_grpo_and_rloo_the_latest_policy_and_the_last_reward_model(tmp_path, tiny_model_dir, prompts,
+                                                                                   rules):
+    path = write_group_pipeline(tmp_path, tiny_model_dir, prompts, rules)
     plans = pipeline.resolve(pipeline.load(str(path)))
     run = tmp_path / "run"
     assert [p.cfg.model.name_or_path for p in plans] == [str(tiny_model_dir), str(tiny_model_dir), str(run / "grpo")]
@@ -229,6 +235,19 @@ def test_pipeline_gives_grpo_and_rloo_the_latest_policy_and_the_last_reward_mode
     assert [(r.name_or_path, r.function) for r in plans[2].cfg.rewards] == [(None, f"{rules}:letters")]
     assert plans[1].inputs == {"model": str(tiny_model_dir), "rewards[0]": str(run / "reward")}
     assert cli.main(["validate", str(path)]) == 0
+
+
+@pytest.mark.slow
+def test_a_reward_grpo_rloo_pipeline_runs_on_its_own_reward_model(tmp_path, tiny_model_dir, prompts, rules):
+    """The wiring above, run: grpo scores with the reward stage's model, rloo starts from grpo's output. About 20 s."""
+    path = write_group_pipeline(tmp_path, tiny_model_dir, prompts, rules)
+    assert cli.main(["pipeline", "--config", str(path)]) == 0
+    run = tmp_path / "run"
+    assert all((run / stage / "DONE").is_file() for stage in ("reward", "grpo", "rloo"))
+    logged = {key for m in tracking.read_metrics(run / "grpo") for key in m if key.startswith("rewards/")}
+    assert logged == {"rewards/reward/mean", "rewards/reward/std"}, "named after the reward stage's dir"
+    inputs = json.loads((run / "rloo" / "lineage.json").read_text())["inputs"]
+    assert (inputs["model"]["name_or_path"], inputs["model"]["stage"]) == (str(run / "grpo"), "grpo")
 
 
 def test_reward_names_are_readable_and_unique():
