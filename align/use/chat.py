@@ -158,7 +158,10 @@ def _command(session: Session, line: str, write: Write) -> bool:
         session.set_system(argument)
         write(f"system prompt {'set' if argument else 'removed'}; conversation cleared\n")
     elif name == "/save" and argument:
-        write(f"saved to {session.save(argument)}\n")
+        try:
+            write(f"saved to {session.save(argument)}\n")
+        except OSError as e:  # a typo in the path should not end the conversation
+            write(f"could not save to {argument}: {e.strerror or e}\n")
     else:
         write(f"unknown command {line!r}; commands: {COMMANDS}\n")
     return True

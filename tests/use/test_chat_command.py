@@ -57,8 +57,8 @@ def assistant(text):
 def test_multi_turn_chat_with_reset_and_save(tiny_model_dir, tmp_path, monkeypatch, capsys):
     first, after_reset = tmp_path / "first.json", tmp_path / "after.json"
     code, seen = run_chat(monkeypatch, capsys, [str(tiny_model_dir)], [
-        "what is the capital of france?", "and the dog?", f"/save {first}", "/reset", "hello", f"/save {after_reset}",
-        "/oops", "/quit", "never read"])
+        "what is the capital of france?", "and the dog?", f"/save {first}", f"/save {first}/not-a-dir/x.json",
+        "/reset", "hello", f"/save {after_reset}", "/oops", "/quit", "never read"])
     assert code == 0
     one = greedy(tiny_model_dir, [user("what is the capital of france?")])
     two = greedy(tiny_model_dir, [user("what is the capital of france?"), assistant(one), user("and the dog?")])
@@ -68,6 +68,7 @@ def test_multi_turn_chat_with_reset_and_save(tiny_model_dir, tmp_path, monkeypat
     assert json.loads(after_reset.read_text()) == [user("hello"), assistant(greedy(tiny_model_dir, [user("hello")]))]
     assert f"{one}\n" in seen.out and f"{two}\n" in seen.out  # streamed as generated
     assert "conversation cleared" in seen.out and "unknown command '/oops'" in seen.out
+    assert f"could not save to {first}/not-a-dir/x.json: Not a directory" in seen.out
     assert "Traceback" not in seen.err
 
 
