@@ -80,8 +80,8 @@ class StageRun:
     def terminated(self, step: int, at: str = "step") -> Terminated:
         """The error to raise once the checkpoint at `step` is saved after SIGTERM."""
         saved = rundir.checkpoint_dir(self.output_dir, step)
-        return Terminated(f"stopped by SIGTERM after {at} {step}; {saved} holds it. Rerun the same command with "
-                          "train.resume=true to continue (align pipeline resumes by itself)")
+        return Terminated(f"stopped by SIGTERM after {at} {step}; {saved} holds it. To continue, rerun a stage "
+                          "command with train.resume=true, an align pipeline command as it was")
 
     def finish(self, metrics: dict[str, Any], *, fatal: Alert | None, at: str = "step",
                **sections: Any) -> StageResult:

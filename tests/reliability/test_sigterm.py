@@ -56,8 +56,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, tiny_model_dir
     at = 3 if stage == "sft" else 2
     line = stopped(capsys, [stage, "--config", str(tmp_path / "out.yaml")])
     assert line == (f"error: stopped by SIGTERM after {'step' if stage == 'sft' else 'update'} {at}; "
-                    f"{out / f'checkpoint-{at}'} holds it. Rerun the same command with train.resume=true to "
-                    "continue (align pipeline resumes by itself)")
+                    f"{out / f'checkpoint-{at}'} holds it. To continue, rerun a stage command with "
+                    "train.resume=true, an align pipeline command as it was")
     assert rundir.checkpoints(out) == ([out / f"checkpoint-{at}"], [])
     assert not (out / rundir.SUMMARY).exists() and not (out / rundir.LOCK_FILE).exists()
     assert signal.getsignal(signal.SIGTERM) is previous, "the handler is the run's only"
