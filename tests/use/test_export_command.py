@@ -100,8 +100,8 @@ def test_hf_export_in_another_dtype(sources_dirs, tmp_path):
     assert json.loads((out / "export.json").read_text())["verification"]["required_agreement"] == 0.95
 
 
-@pytest.mark.parametrize(("name", "quant"), [("full", "f16"), ("lora", "q8_0"), ("stacked", "f16"),
-                                             ("stacked", "q8_0")])
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+@pytest.mark.parametrize("name", ["full", "lora", "stacked"])
 def test_gguf_export_reads_back_as_the_merged_model(name, quant, sources_dirs, tmp_path):
     import gguf
     from transformers import AutoModelForCausalLM
@@ -109,7 +109,8 @@ def test_gguf_export_reads_back_as_the_merged_model(name, quant, sources_dirs, t
     out = tmp_path / "gguf"
     assert export([str(sources_dirs[name]), "--format", "gguf", "--quant", quant, "--out", str(out)]) == 0
     check = json.loads((out / "export.json").read_text())["verification"]
-    assert check["passed"] and check["greedy_agreement"] >= (1.0 if quant == "f16" else 0.95)
+    assert check["passed"] and check["greedy_agreement_outside_ties"] >= (1.0 if quant == "f16" else 0.95)
+    assert (check["max_abs_logit_diff"] <= check["tolerance"]) if quant == "f16" else check["tolerance"] is None
     path = out / gguf_file.file_name(quant)
     reader = gguf.GGUFReader(path)
     fields = {name: reader.fields[name].contents() for name in ("general.architecture", "tokenizer.chat_template",
