@@ -5,6 +5,7 @@ continuation of the same conversation."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 
@@ -32,10 +33,15 @@ def other_model_dir(tmp_path_factory):
     return out
 
 
+@functools.cache
+def loaded(model_dir):
+    cfg = ModelConfig(name_or_path=str(model_dir), dtype="fp32")
+    return models.load_tokenizer(cfg), models.load_causal_lm(cfg).eval()
+
+
 def greedy(model_dir, messages: list[dict]) -> str:
     """The model's greedy reply to `messages`, computed apart from align chat."""
-    cfg = ModelConfig(name_or_path=str(model_dir), dtype="fp32")
-    tokenizer, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg).eval()
+    tokenizer, model = loaded(model_dir)
     done = generation.generate(model, tokenizer, [messages], max_new_tokens=NEW_TOKENS, temperature=0.0)
     return done.texts[0].strip()
 
