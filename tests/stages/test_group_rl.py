@@ -256,14 +256,15 @@ def test_reward_names_are_readable_and_unique():
     assert group_rl.reward_labels(specs) == ["concise", "concise_2", "reward"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
 def test_the_policy_raises_a_rule_reward_and_lowers_it_when_negated(make_cfg, rules, stage):
     """Rule: the fraction of a reply's characters that are ASCII letters (about 0.62 for the tiny model at first;
     its byte-level vocabulary holds letters and other bytes, so the share can go either way). 20 steps of 2 prompts x
-    8 completions of up to 16 tokens, lr 1e-2. Measured, mean of the first / last 5 steps: grpo 0.62 -> 0.80 and
-    negated 0.61 -> 0.37; rloo 0.62 -> 0.73 and negated 0.60 -> 0.52. About 15 s a run on one core."""
-    settings = ["train.max_steps=20", "train.batch_size=16", "max_completion_length=16", "num_generations=8"]
+    8 completions of up to 16 tokens, lr 1e-2, beta 0 (RLOO's default KL penalty, summed over the reply, outweighs
+    differences this small). Mean share of the first / last 5 steps, seeds 42, 1, 2: grpo 0.63 -> 0.84, 0.80, 0.83
+    and negated 0.62 -> 0.44, 0.38, 0.40; rloo 0.63 -> 0.82, 0.82, 0.83 and negated 0.62 -> 0.43, 0.35, 0.42. Both runs
+    of a stage: 4-8 s on one core (13 s on a machine busy with other jobs)."""
+    settings = ["train.max_steps=20", "train.batch_size=16", "max_completion_length=16", "num_generations=8", "beta=0"]
 
     def letters_share(rule: str) -> tuple[float, float]:
         cfg = make_cfg(stage, *settings, f"train.output_dir={rules.parent / rule}",
@@ -273,6 +274,6 @@ def test_the_policy_raises_a_rule_reward_and_lowers_it_when_negated(make_cfg, ru
         return sum(scores[:5]) / 5, sum(scores[-5:]) / 5
 
     first, last = letters_share("letters")
-    assert last > first + 0.05, f"letters rewarded: {first:.2f} -> {last:.2f}"
+    assert last > first + 0.1, f"letters rewarded: {first:.2f} -> {last:.2f}"
     first, last = letters_share("no_letters")
-    assert last < first - 0.05, f"letters penalised: {first:.2f} -> {last:.2f}"
+    assert last < first - 0.1, f"letters penalised: {first:.2f} -> {last:.2f}"
