@@ -28,7 +28,7 @@ def stage_config(tmp_path: Path, stage: str, model_dir: Path, out: Path, *, rewa
     sys.path.insert(0, str(TESTS))
     from tiny import CONVERSATIONS, PAIRS, messages, write_pairs
 
-    if stage in ("dpo", "reward"):
+    if stage in ("dpo", "reward", "kto", "orpo", "simpo"):
         data = write_pairs(tmp_path / f"{stage}-train.jsonl", PAIRS[:8])
     elif stage == "sft":
         data = tmp_path / "sft-train.jsonl"
@@ -40,6 +40,10 @@ def stage_config(tmp_path: Path, stage: str, model_dir: Path, out: Path, *, rewa
         "train": {"output_dir": str(out), "max_steps": 4, "batch_size": 2, "learning_rate": 1e-2, "max_length": 64,
                   "save_steps": 2, "save_total_limit": 3, "num_threads": 1, "lr_scheduler": "constant", **train},
         "tracking": {"backend": "none"}}
+    if stage in ("grpo", "rloo"):  # 2 prompts x 2 completions a step, scored by an example rule
+        cfg["rewards"] = [{"function": str(TESTS.parent / "examples" / "rewards.py") + ":concise"}]
+        cfg.update(num_generations=2, max_completion_length=8)
+        cfg["train"].update(max_length=160, batch_size=4)
     if stage == "ppo":
         cfg["reward_model"] = {"name_or_path": str(reward_dir), "probe": False}
         cfg["train"].update({"max_length": 160, "learning_rate": train.get("learning_rate", 1e-3)})

@@ -1,7 +1,7 @@
-"""Every stage interrupted twice (after steps 3 and 5 of 6, checkpoints every 2) and resumed twice ends where a run
-without interruption ends: the same weights bit for bit, the same train_loss, each step logged once, and the health
-monitor's history of the whole run. PPO's double resume is tests/reliability/test_ppo_double_resume.py; the
-pipeline's is below."""
+"""Every stage on a TRL trainer (SFT, reward, DPO, KTO, ORPO, SimPO, GRPO, RLOO) interrupted twice (after steps 3
+and 5 of 6, checkpoints every 2) and resumed twice ends where a run without interruption ends: the same weights bit
+for bit, the same train_loss, each step logged once, and the health monitor's history of the whole run. PPO's double
+resume is tests/reliability/test_ppo_double_resume.py; the pipeline's is below."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def same_weights(a, b) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("stage", ["sft", pytest.param("reward", marks=pytest.mark.slow),
-                                   pytest.param("dpo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("stage", ["sft", *(pytest.param(stage, marks=pytest.mark.slow)
+                                           for stage in ("reward", "dpo", "kto", "orpo", "simpo", "grpo", "rloo"))])
 def test_interrupted_twice_resumes_to_the_straight_run(tmp_path, tiny_model_dir, monkeypatch, stage):
     model = tiny_model_dir  # the reward stage puts a seeded score head on it
     straight, out = tmp_path / "straight", tmp_path / "out"
