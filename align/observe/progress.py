@@ -51,13 +51,19 @@ class ProgressBar(TrainerCallback):
         return " | ".join(parts)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line. Also when training raises, so that the error printed next starts a line of its own."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
 
-def install(trainer, stage: str) -> None:
-    """Swap the trainer's default progress/printer callbacks for ours."""
+def install(trainer, stage: str) -> ProgressBar:
+    """Swap the trainer's default progress/printer callbacks for ours; returns it."""
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ProgressBar(stage))
+    bar = ProgressBar(stage)
+    trainer.add_callback(bar)
+    return bar

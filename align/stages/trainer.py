@@ -230,7 +230,7 @@ def train_and_save(trainer: Trainer, run: lifecycle.StageRun, *, has_eval: bool,
     """
     from align.observe import progress
 
-    progress.install(trainer, run.stage)
+    bar = progress.install(trainer, run.stage)
     out = run.output_dir
     # First, so that no other callback starts work for a run that is over.
     resumed = _ResumeAndStop(run)
@@ -251,6 +251,8 @@ def train_and_save(trainer: Trainer, run: lifecycle.StageRun, *, has_eval: bool,
         tokens = trainer.state.num_input_tokens_seen - resumed.start_tokens  # this run's, not the checkpoint's
         if tokens and runtime > 0:
             metrics["tokens_per_s"] = round(tokens / runtime, 1)
+    finally:
+        bar.close()
     fatal = callbacks.fatal
     if fatal is None:
         if has_eval:

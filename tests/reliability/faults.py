@@ -1,4 +1,5 @@
-"""Shared by the reliability tests: small SFT/DPO/reward/PPO configs on the tiny models, and readers of a run dir.
+"""Shared by the reliability tests: a small config of every stage on the tiny models, readers of a run dir, and an
+in-process interruption at a given step.
 
 Also runnable as a script (`python tests/reliability/faults.py <stage> <config.yaml> [overrides...]`): it runs
 `align <stage>` with the fault named by the ALIGN_FAULT environment variable injected, for the kill tests that

@@ -19,8 +19,8 @@ from align import cli, rundir
 def refused(capsys, argv) -> str:
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    errors = [line[line.index("error: "):] for line in err.splitlines() if "error: " in line]
-    assert len(errors) == 1 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err  # the progress bar ended its line
     return errors[0]
 
 

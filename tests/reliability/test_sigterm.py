@@ -37,7 +37,7 @@ def sigterm_at(monkeypatch, step: int) -> None:
 def stopped(capsys, argv) -> str:
     assert cli.main(argv) == 143
     err = capsys.readouterr().err
-    lines = [line[line.index("error: "):] for line in err.splitlines() if "error: " in line]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -84,7 +84,7 @@ def test_a_real_sigterm_to_the_cli(tmp_path, tiny_model_dir):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
-    lines = [line[line.index("error: "):] for line in err.splitlines() if "error: " in line]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGTERM after step ")
     step = int(lines[0].split("after step ")[1].split(";")[0])
     assert rundir.checkpoints(out) == ([out / f"checkpoint-{step}"], [])

@@ -47,40 +47,41 @@ def _train(cfg: PPOConfig, run: lifecycle.StageRun) -> StageResult:
                                      tracker)
     if "health" in record:
         reporter.load_state_dict(record["health"])
-    for step in range(start + 1, parts.total_updates + 1):
-        t0 = time.perf_counter()
-        queries, _ = generation.padded(parts.prompts.next(), parts.sampler.pad_id, accelerator.device, side="left")
-        with torch.no_grad():
-            experience, timing = rollout.rollout(parts.sampler, parts.policy, parts.reference, parts.value_model,
-                                                 parts.reward, parts.tokenizer, queries)
-            shaped = update.shape_rewards(ppo_cfg, experience, parts.kl_controller.coef, accelerator.reduce)
-        t1 = time.perf_counter()
-        stats = update.ppo_epochs(cfg, parts, experience, shaped)
-        timing.update(train=time.perf_counter() - t1, update=time.perf_counter() - t0)
-        metrics, last = update.update_metrics(cfg, parts, experience, shaped, stats, timing, step), step
-        first = metrics["objective/scores"] if first is None else first
-        # Every update is checked, logged or not. Metrics are reduced over processes, so all of them stop
-        # together on a NaN loss, before this update's broken weights can reach a checkpoint.
-        reporter.observe(step, metrics)
-        if step % cfg.train.logging_steps == 0 or reporter.stopped_on_fatal:
-            tracker.log(metrics, step=step)
-        if reporter.stopped_on_fatal:
-            break
-        parts.kl_controller.update(metrics["objective/kl"], ppo_cfg.rollout_batch_size)
-        parts.scheduler.step()
-        if ppo_cfg.sample_every and step % ppo_cfg.sample_every == 0:
-            checkpoint.write_samples(parts, tracker, experience, shaped.scores, step)
-        bar.update(1)
-        bar.set_postfix_str(f"score {metrics['objective/scores']:.3f} | kl {metrics['objective/kl']:.3f} | "
-                            f"{timing['update']:.2f} s/update")
-        stopping = run.stop_requested()
-        if step % cfg.train.save_steps == 0 or stopping:
-            checkpoint.save_checkpoint(parts, out, step, keep=cfg.train.save_total_limit,
-                                       record={"scores_first": first, "health": reporter.state_dict()})
-        if stopping:
-            bar.close()
-            raise run.terminated(step, at="update")
-    bar.close()
+    try:
+        for step in range(start + 1, parts.total_updates + 1):
+            t0 = time.perf_counter()
+            queries, _ = generation.padded(parts.prompts.next(), parts.sampler.pad_id, accelerator.device, side="left")
+            with torch.no_grad():
+                experience, timing = rollout.rollout(parts.sampler, parts.policy, parts.reference, parts.value_model,
+                                                     parts.reward, parts.tokenizer, queries)
+                shaped = update.shape_rewards(ppo_cfg, experience, parts.kl_controller.coef, accelerator.reduce)
+            t1 = time.perf_counter()
+            stats = update.ppo_epochs(cfg, parts, experience, shaped)
+            timing.update(train=time.perf_counter() - t1, update=time.perf_counter() - t0)
+            metrics, last = update.update_metrics(cfg, parts, experience, shaped, stats, timing, step), step
+            first = metrics["objective/scores"] if first is None else first
+            # Every update is checked, logged or not. Metrics are reduced over processes, so all of them stop
+            # together on a NaN loss, before this update's broken weights can reach a checkpoint.
+            reporter.observe(step, metrics)
+            if step % cfg.train.logging_steps == 0 or reporter.stopped_on_fatal:
+                tracker.log(metrics, step=step)
+            if reporter.stopped_on_fatal:
+                break
+            parts.kl_controller.update(metrics["objective/kl"], ppo_cfg.rollout_batch_size)
+            parts.scheduler.step()
+            if ppo_cfg.sample_every and step % ppo_cfg.sample_every == 0:
+                checkpoint.write_samples(parts, tracker, experience, shaped.scores, step)
+            bar.update(1)
+            bar.set_postfix_str(f"score {metrics['objective/scores']:.3f} | kl {metrics['objective/kl']:.3f} | "
+                                f"{timing['update']:.2f} s/update")
+            stopping = run.stop_requested()
+            if step % cfg.train.save_steps == 0 or stopping:
+                checkpoint.save_checkpoint(parts, out, step, keep=cfg.train.save_total_limit,
+                                           record={"scores_first": first, "health": reporter.state_dict()})
+            if stopping:
+                raise run.terminated(step, at="update")
+    finally:
+        bar.close()  # also on an error, so that its message starts a line of its own
     totals = _run_metrics(time.perf_counter() - started, start, last, first, metrics)
     saved: dict[str, Any] = {}
     if run.is_main and reporter.fatal is None:
