@@ -209,30 +209,34 @@ def checkpoint_step(path: Path) -> int:
     return int(_CHECKPOINT.match(path.name).group(1))
 
 
-def drop_logs_after(output_dir: Path, step: int) -> None:
+def drop_logs_after(output_dir: Path, step: int, checkpoint_written: float | None = None) -> None:
     """Before a resumed run appends to them: drop the rows of metrics.jsonl, completions.jsonl and samples.jsonl
-    logged after `step` (the checkpoint it resumes from), and a row cut off mid-write, so no step appears twice.
-    Main process only."""
+    logged after `step` (the checkpoint it resumes from), and a row cut off mid-write, so no step appears twice. Rows
+    of `step` itself that carry a time later than `checkpoint_written` (the checkpoint's trainer_state.json mtime:
+    the final evaluation of a run killed before summary.json) are dropped too. Main process only."""
     for name in (METRICS_FILE, COMPLETIONS_FILE, SAMPLES_FILE):
         path = output_dir / name
         if not path.is_file():
             continue
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if _logged_at_or_before(line, step)]
+        kept = [line for line in lines if _logged_before(line, step, checkpoint_written)]
         if len(kept) < len(lines):
-            log.info("%s: dropping %d rows logged after step %d, which the resumed run logs again", path,
-                     len(lines) - len(kept), step)
+            log.info("%s: dropping %d rows logged after step %d's checkpoint, which the resumed run logs again",
+                     path, len(lines) - len(kept), step)
             tmp = path.with_name(f"{name}.tmp")
             tmp.write_text("".join(kept), encoding="utf-8")
             tmp.replace(path)
 
 
-def _logged_at_or_before(line: str, step: int) -> bool:
+def _logged_before(line: str, step: int, checkpoint_written: float | None) -> bool:
     try:
         row = json.loads(line)
     except ValueError:  # cut off by a kill mid-write
         return False
-    return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step
+    if not isinstance(row, dict) or not isinstance(row.get("step"), int) or row["step"] > step:
+        return False
+    late = row["step"] == step and checkpoint_written is not None and isinstance(row.get("time"), (int, float))
+    return not (late and row["time"] > checkpoint_written + 0.001)  # rows keep their time to the millisecond
 
 
 def disk_full(output_dir: Path, err: BaseException, is_main: bool) -> str:

@@ -117,7 +117,9 @@ def run_stage(cfg: Any, stage: str, train: Callable[[StageRun], StageResult]) ->
         is_main = rundir.is_main_process()
         if is_main:
             if cfg.train.resume:  # rows past the checkpoint are logged again by the resumed run
-                rundir.drop_logs_after(out, rundir.checkpoint_step(Path(resume_from)) if resume_from else 0)
+                checkpoint = Path(resume_from) if resume_from else None
+                rundir.drop_logs_after(out, rundir.checkpoint_step(checkpoint) if checkpoint else 0,
+                                       (checkpoint / rundir.TRAINER_STATE_FILE).stat().st_mtime if checkpoint else None)
             config.save_config(cfg, out)
         tracker = Tracker(cfg.tracking, out, stage=stage, run_config=config.to_dict(cfg), is_main=is_main)
         run = StageRun(stage, out, resume_from, is_main, tracker, changes)

@@ -47,4 +47,7 @@ def test_resuming_from_the_last_step_does_not_train_again(tmp_path, tiny_model_d
     assert again.metrics["steps"] == 4
     assert unchanged(out / "model.safetensors")
     assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    assert max(m["step"] for m in tracking.read_metrics(out)) == 4
+    logged = tracking.read_metrics(out)
+    assert max(m["step"] for m in logged) == 4
+    # The final evaluation is logged once: the rows a run logged after checkpoint-4 was written go on resume.
+    assert sum("eval_loss" in m for m in logged) == 1 and sum("loss" in m for m in logged) == 4
