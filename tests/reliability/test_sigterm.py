@@ -120,6 +120,29 @@ def test_a_wandb_key_without_network_starts_wandb_offline_after_one_warning(tmp_
     assert len(warnings) == 1 and "cannot be reached; logging offline instead" in warnings[0]
 
 
+def test_an_online_wandb_start_that_fails_falls_back_to_offline(tmp_path, monkeypatch, caplog):
+    """Reached, but refused (a bad key, a proxy): one warning, then the offline start."""
+    import wandb
+
+    no_network(monkeypatch)
+    monkeypatch.setattr(tracking, "reachable", lambda url: True)
+    modes = []
+
+    def init(**kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("the server said no\nmore detail")
+        raise KeyboardInterrupt  # the offline start itself is the slow test below
+
+    monkeypatch.setattr(wandb, "init", init)
+    with caplog.at_level(logging.WARNING, logger="align"), pytest.raises(KeyboardInterrupt):
+        tracking.Tracker(TrackingConfig(backend="wandb", project="p"), tmp_path / "out", stage="sft", run_config={})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert modes == ["online", "offline"]
+    assert warnings == [("W&B: starting the online run failed (the server said no); logging offline instead "
+                         "(upload later with `wandb sync`)")]
+
+
 @pytest.mark.slow
 def test_a_wandb_key_without_network_logs_offline(tmp_path, monkeypatch, caplog):
     no_network(monkeypatch)
