@@ -138,10 +138,12 @@ def run_stage(cfg: Any, stage: str, train: Callable[[StageRun], StageResult]) ->
 
 FIXED_ON_RESUME = ("model.", "data.", "reference", "reward_model.", "value_model.", "train.batch_size",
                    "train.grad_accum", "train.seed", "train.max_length", "train.weight_decay",
-                   "ppo.rollout_batch_size", "ppo.mini_batches", "ppo.kl_controller", "ppo.trl_parity")
+                   "ppo.rollout_batch_size", "ppo.mini_batches", "ppo.kl_controller", "ppo.trl_parity", "rewards",
+                   "num_generations")
 """Config keys (or key prefixes) a resumed run cannot change: they decide the weights and optimizer state the
-checkpoint holds (model, LoRA, freezing, reference, reward and value models), the data order and position it resumes
-at (data, batch sizes, seed, length filter), or state the optimizer keeps per parameter group (weight decay)."""
+checkpoint holds (model, LoRA, freezing, reference, reward and value models, GRPO/RLOO's rewards), the data order and
+position it resumes at (data, batch sizes, seed, length filter, GRPO/RLOO's prompts per step), or state the optimizer
+keeps per parameter group (weight decay)."""
 NOT_COMPARED = ("train.output_dir", "train.resume", "train.overwrite", "tracking.", "model.gradient_checkpointing",
                 "model.attn_implementation")
 """Run controls, tracking and how the model computes (not what): these may differ freely on resume, unreported."""

@@ -189,11 +189,15 @@ def test_a_reward_rule_returning_the_wrong_count_names_its_key(make_cfg, rules):
         stages.run("grpo", make_cfg("grpo", rewards=[{"function": f"{rules}:one_per_reply"}]))
 
 
-def test_grpo_resumes_from_its_last_checkpoint(make_cfg, tmp_path):
+def test_grpo_resumes_from_its_last_checkpoint(make_cfg, tmp_path, rules):
     stages.run("grpo", make_cfg("grpo", "train.save_steps=2"))
     resumed = stages.run("grpo", make_cfg("grpo", "train.save_steps=2", "train.max_steps=4", "train.resume=true"))
     assert resumed.metrics["steps"] == 4
     assert [m["step"] for m in tracking.read_metrics(tmp_path / "grpo") if "reward" in m] == [1, 2, 3, 4]
+    # The prompts per step (and so the data position) and what the rewards measure cannot change on resume.
+    with pytest.raises(ConfigError, match=r"train.resume: rewards: .*no_letters.*; num_generations: 2 -> 4 differ"):
+        stages.run("grpo", make_cfg("grpo", "train.save_steps=2", "train.max_steps=6", "train.resume=true",
+                                    "num_generations=4", f"rewards=[{{function: '{rules}:no_letters'}}]"))
 
 
 def test_align_eval_scores_a_grpo_output_with_a_rule(make_cfg, rules, prompts, tiny_model_dir, tmp_path):
