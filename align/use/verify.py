@@ -56,6 +56,7 @@ class Verification:
     precision: str
     conversations: int
     positions: int
+    """Distinct positions compared: a prefix two conversations share counts once."""
     greedy_agreement: float
     """Share of positions where exported and source model pick the same next token."""
     ties: int | None
@@ -117,14 +118,19 @@ def compare(source_model, source_tokenizer, model, tokenizer, *, fmt: str, preci
     device = next(source_model.parameters()).device
     model = model.to(device)
     agrees, margins, diffs, scales = [], [], [], []
+    seen: set[tuple[int, ...]] = set()
     with torch.no_grad():
         for row in ids:
             tokens = torch.tensor([row], device=device)
             expected = source_model(tokens).logits[0].float()
             got = model(tokens).logits[0].float()
-            agrees.append(expected.argmax(-1) == got.argmax(-1))
+            # A prefix shared with an earlier conversation (a template's default system prompt) has the same logits
+            # there: count each position once, or one flip there would count once per conversation.
+            new = torch.tensor([tuple(row[:t + 1]) not in seen for t in range(len(row))], device=device)
+            seen.update(tuple(row[:t + 1]) for t in range(len(row)))
+            agrees.append((expected.argmax(-1) == got.argmax(-1))[new])
             best = expected.topk(2, dim=-1).values
-            margins.append(best[:, 0] - best[:, 1])
+            margins.append((best[:, 0] - best[:, 1])[new])
             diffs.append((expected - got).abs().max())
             scales.append(expected.abs().max())
     agree, margin = torch.cat(agrees), torch.cat(margins)
