@@ -50,9 +50,11 @@ def test_quickstart_dpo_output_exports_to_both_formats(model_cache, tmp_path, mo
     run = tmp_path / "quickstart"
     assert cli.main(["pipeline", "--config", "configs/quickstart/pipeline.yaml", f"run_dir={run}",
                      "sft.train.max_steps=2", "dpo.train.max_steps=2"]) == 0
-    for fmt, extra in (("hf", []), ("gguf", ["--quant", "q8_0"])):
+    # GGUF at its default f16: q8_0 of this model agrees with its source at 95.4% of positions (README), one flip
+    # from the 95% bar, so the figure a different CPU's training numerics give could fall either side of it.
+    for fmt in ("hf", "gguf"):
         out = tmp_path / fmt
-        assert cli.main(["export", str(run), "--format", fmt, "--out", str(out), *extra]) == 0  # the run: its dpo
+        assert cli.main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0  # the run: its dpo
         assert json.loads((out / "export.json").read_text())["source_path"] == str(run / "dpo")
         _checked(out)
     card = (tmp_path / "hf" / "README.md").read_text()
