@@ -4,6 +4,8 @@ the NaN alert's advice (resume with a lower learning rate) gets past the step th
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from faults import interrupt_at, logged_steps, stage_config, summary, write_config
 
@@ -21,20 +23,22 @@ def rates(out) -> dict[int, float]:
 
 
 def test_the_nan_advice_works(tmp_path, tiny_model_dir, capsys):
-    """Warmed up to a learning rate of 160 over 4 of 8 steps, the tiny model's loss goes non-finite at step 4, after
-    checkpoint-2. Resumed at the same rate it NaNs at step 4 again; resumed with a lower rate, as the alert advises,
-    it trains to the end."""
+    """Warmed up to a learning rate of 160 over 4 of 8 steps, the tiny model's loss goes non-finite at step 4 (3 or
+    4: where exactly a diverging run overflows can differ between CPUs), after checkpoint-2. Resumed at the same rate
+    it NaNs at the same step again; resumed with a lower rate, as the alert advises, it trains to the end."""
     out = tmp_path / "out"
     path = write_config(tmp_path / "sft.yaml", stage_config(
         tmp_path, "sft", tiny_model_dir, out, learning_rate=160.0, max_steps=8, lr_scheduler="constant_with_warmup",
         warmup_ratio=0.5))
     code, err = run(capsys, path)
-    assert code == 2 and "non_finite_loss at step 4" in err
+    found = re.search(r"non_finite_loss at step (\d+)", err)
+    assert code == 2 and found and int(found[1]) in (3, 4), err
+    nan_step = int(found[1])
     advice = summary(out)["health"]["stopped_on_fatal"]["message"]
     assert "train.resume=true and a lower train.learning_rate" in advice
 
     code, err = run(capsys, path, "train.resume=true")
-    assert code == 2 and "non_finite_loss at step 4" in err, "the same rate NaNs at the same step"
+    assert code == 2 and f"non_finite_loss at step {nan_step}" in err, "the same rate NaNs at the same step"
     before = rates(out)
 
     code, err = run(capsys, path, "train.resume=true", "train.learning_rate=1e-3")
@@ -42,7 +46,8 @@ def test_the_nan_advice_works(tmp_path, tiny_model_dir, capsys):
     assert summary(out)["metrics"]["steps"] == 8
     after = rates(out)
     assert after[2] == before[2] and before[3] > 1.0
-    assert all(after[step] == pytest.approx(before[step] * 1e-3 / 160) for step in (3, 4)), "the warmup, rescaled"
+    assert all(after[step] == pytest.approx(before[step] * 1e-3 / 160) for step in range(3, nan_step + 1)), \
+        "the warmup, rescaled"
     assert logged_steps(out) == [1, 2, 3, 4, 5, 6, 7, 8], "the NaN'd runs' rows past checkpoint-2 are replaced"
     assert summary(out)["resumed"] == {"from": str(out / "checkpoint-2"), "step": 2,
                                        "changed": {"train.learning_rate": [160.0, 1e-3]}}
