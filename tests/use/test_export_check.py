@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny import build_tiny_tokenizer
+from tiny import build_tiny_tokenizer, llama_config
 
 from align.use import verify
 
@@ -62,3 +62,20 @@ def test_a_tokenizer_that_encodes_differently_fails(tokenizer):
     other.add_tokens(["capital"])  # one more whole-word token: "capital" encodes to one id now
     result = check(tokenizer, lambda t: [1.0, 0.0, 0.0, 0.0], lambda t: [1.0, 0.0, 0.0, 0.0], "f32", other)
     assert not result.passed and not result.tokenizer_matches
+
+
+def test_f16_tolerance_is_at_least_twice_what_rounding_the_source_to_fp16_costs(tokenizer):
+    """A tiny model with fp32 random weights: its own weights rounded to fp16 are the closest any f16 export can be.
+    That copy passes the f16 rule at exactly the rounding's cost, though it is far outside the fp32 tolerance."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(llama_config(tokenizer)).eval()
+    rounded = verify._rounded_to_fp16(source)
+    assert all(not torch.equal(a, b) for a, b in zip(source.parameters(), rounded.parameters()) if a.dim() > 1)
+
+    f16 = verify.compare(source, tokenizer, rounded, tokenizer, fmt="gguf", precision="f16")
+    assert f16.passed and f16.max_abs_logit_diff == pytest.approx(f16.rounding_diff) and f16.rounding_diff > 0
+    assert f16.tolerance == pytest.approx(max(0.01 * f16.logit_scale, 2 * f16.rounding_diff))
+    f32 = verify.compare(source, tokenizer, rounded, tokenizer, fmt="gguf", precision="f32")
+    assert f32.rounding_diff is None and not f32.passed
