@@ -10,6 +10,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from align import reward_functions
+
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
@@ -328,3 +330,20 @@ class TrackingConfig:
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         return problems
+
+
+@dataclass
+class RewardSource:
+    """Where a reward comes from (the RL stages' reward sections): a trained reward model or a rule, exactly one."""
+
+    name_or_path: str | None = None
+    """A trained reward model (the reward stage's output, a local dir or hub id), read at the reply's EOS token."""
+    function: str | None = None
+    """A rule instead: `module:function` or `path/to/file.py:function`, called on the decoded texts as
+    fn(prompts: list[str], completions: list[str]) -> list[float]."""
+
+    def check(self) -> list[str]:
+        if (self.name_or_path is None) == (self.function is None):
+            return ["name_or_path: set exactly one of name_or_path (a reward model) and function (a rule)"]
+        problem = self.function and reward_functions.spec_problem(self.function)
+        return [f"function: {problem}"] if problem else []

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from align import data, generation, models, reward_functions
 from align.errors import ConfigError
 from align.observe import health
-from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.sections import DataConfig, ModelConfig, RewardSource, TrackingConfig, TrainConfig
 from align.stages import trainer as trainer_stage
 
 if TYPE_CHECKING:
@@ -35,20 +35,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardSpec:
-    name_or_path: str | None = None
-    """A trained reward model (the reward stage's output, a local dir or hub id), read at the reply's EOS token."""
-    function: str | None = None
-    """A rule instead: `module:function` or `path/to/file.py:function`, called on the decoded texts as
-    fn(prompts: list[str], completions: list[str]) -> list[float] (as PPO's reward_model.function)."""
+class RewardSpec(RewardSource):
     weight: float = 1.0
     """Its weight in the weighted sum of rewards the advantages are computed from."""
-
-    def check(self) -> list[str]:
-        if (self.name_or_path is None) == (self.function is None):
-            return ["name_or_path: set exactly one of name_or_path (a reward model) and function (a rule)"]
-        problem = self.function and reward_functions.spec_problem(self.function)
-        return [f"function: {problem}"] if problem else []
 
     @property
     def label(self) -> str:

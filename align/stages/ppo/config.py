@@ -10,18 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from align import reward_functions
-from align.sections import DataConfig, ModelConfig, TrackingConfig, TrainConfig
+from align.sections import DataConfig, ModelConfig, RewardSource, TrackingConfig, TrainConfig
 
 
 @dataclass
-class RewardModelConfig:
-    name_or_path: str | None = None
-    """A trained reward model (the reward stage's output, a local dir or hub id), read at the reply's EOS token."""
-    function: str | None = None
-    """A rule instead: `module:function` or `path/to/file.py:function`, called on the decoded texts as
-    fn(prompts: list[str], completions: list[str]) -> list[float]."""
-
+class RewardModelConfig(RewardSource):
     probe: bool = True
     """Before training, probe the reward model (align.probe): degrade the starting policy's greedy replies to the
     first probe_prompts prompts 8 ways (loops, list spam, padding, truncation, ...) and refuse to start when a
@@ -36,10 +29,7 @@ class RewardModelConfig:
             return [f"probe_threshold: must be within [0, 1], got {self.probe_threshold}"]
         if self.probe_prompts < 1:
             return [f"probe_prompts: must be >= 1, got {self.probe_prompts}"]
-        if (self.name_or_path is None) == (self.function is None):
-            return ["name_or_path: set exactly one of name_or_path (a reward model) and function (a rule)"]
-        problem = self.function and reward_functions.spec_problem(self.function)
-        return [f"function: {problem}"] if problem else []
+        return super().check()
 
 
 @dataclass
