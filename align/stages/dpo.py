@@ -116,7 +116,6 @@ class DPOConfig:
 
 def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     """Load tokenizer, pairs, policy and reference and return a ready trainer. Trains nothing."""
-    import datasets
     import trl
 
     if cfg.precompute_ref_log_probs and cfg.ref_cache:
@@ -150,24 +149,9 @@ def build(cfg: DPOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         label_smoothing=cfg.label_smoothing,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
     )
-    trainer_class, precompute, summary = trl.DPOTrainer, {}, {"reference": described}
-    if cfg.precompute_ref_log_probs:
-        # Hashed before TRL adds a fresh LoRA adapter, `policy` is the reference (with sft_adapter=continue: base +
-        # the sft adapter, which TRL copies as the frozen reference adapter).
-        ref_logps = ref_cache.RefLogps.create(reference or policy, args, tokenizer, persist=cfg.ref_cache)
-        trainer_class, precompute = ref_cache.cached_trainer(trl.DPOTrainer), {"ref_logps": ref_logps}
-        summary["reference_log_probs"] = ref_logps.report
-    trainer = trainer_class(
-        model=policy,
-        ref_model=reference,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(train_rows),
-        eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
-        processing_class=tokenizer,
-        peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora, policy),
-        callbacks=stage_callbacks.callbacks,
-        **precompute,
-    )
+    summary = {"reference": described}
+    trainer = preference.reference_trainer(trl.DPOTrainer, cfg, policy, reference, args, tokenizer, train_rows,
+                                           eval_rows, stage_callbacks.callbacks, summary)
     trainable, total = models.count_parameters(trainer.model)
     log.info("dpo: %s, %d train / %d eval pairs, %s of %s parameters trainable; reference: %s",
              cfg.model.name_or_path, len(train_rows), len(eval_rows), f"{trainable:,}", f"{total:,}", described)

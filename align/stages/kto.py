@@ -107,7 +107,6 @@ class KTOConfig:
 
 def build(cfg: KTOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
     """Load tokenizer, rows, policy and reference and return a ready trainer. Trains nothing."""
-    import datasets
     import trl
 
     if cfg.precompute_ref_log_probs and cfg.ref_cache:
@@ -147,25 +146,10 @@ def build(cfg: KTOConfig, tracker: Tracker) -> trainer_stage.TrainerBuild:
         trl.KTOConfig, cfg.trainer_overrides, **arguments, max_length=cfg.train.max_length, beta=cfg.beta,
         loss_type=cfg.loss_type, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs)
-    trainer_class, precompute, summary = trl.KTOTrainer, {}, {"reference": described, "kto_rows": counts}
-    if cfg.precompute_ref_log_probs:
-        # Hashed before TRL adds a fresh LoRA adapter, `policy` is the reference (as in the dpo stage).
-        layout = ref_cache.KTO if cfg.loss_type == "kto" else ref_cache.KTO_WITHOUT_KL
-        ref_logps = ref_cache.RefLogps.create(reference or policy, args, tokenizer, persist=cfg.ref_cache,
-                                              layout=layout)
-        trainer_class, precompute = ref_cache.cached_trainer(trl.KTOTrainer), {"ref_logps": ref_logps}
-        summary["reference_log_probs"] = ref_logps.report
-    trainer = trainer_class(
-        model=policy,
-        ref_model=reference,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(train_rows),
-        eval_dataset=datasets.Dataset.from_list(eval_rows) if has_eval else None,
-        processing_class=tokenizer,
-        peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora, policy),
-        callbacks=stage_callbacks.callbacks,
-        **precompute,
-    )
+    summary = {"reference": described, "kto_rows": counts}
+    trainer = preference.reference_trainer(
+        trl.KTOTrainer, cfg, policy, reference, args, tokenizer, train_rows, eval_rows, stage_callbacks.callbacks,
+        summary, layout=ref_cache.KTO if cfg.loss_type == "kto" else ref_cache.KTO_WITHOUT_KL)
     trainable, total = models.count_parameters(trainer.model)
     log.info("kto: %s, %s train / %s eval rows (desirable / undesirable), %s of %s parameters trainable; "
              "reference: %s", cfg.model.name_or_path, _pair(counts["train"]), _pair(counts["eval"]),

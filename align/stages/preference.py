@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from align import data, models
 from align.errors import ConfigError
 from align.sections import LoraConfig
+from align.stages import ref_cache
 from align.stages import trainer as trainer_stage
 
 if TYPE_CHECKING:
@@ -88,6 +89,35 @@ def load_policy_and_reference(cfg: Any, model_path: str, tokenizer, stage: str) 
         return policy, None, f"{starting}: the policy with its LoRA adapter disabled"
     reference_cfg = replace(cfg.model, gradient_checkpointing=False, lora=LoraConfig())
     return policy, models.frozen(models.load_causal_lm(reference_cfg, model_path)), f"frozen copy of {starting}"
+
+
+def reference_trainer(trainer_class, cfg: Any, policy, reference, args, tokenizer, train_rows: list[dict],
+                      eval_rows: list[dict], callbacks: list, summary: dict[str, Any],
+                      layout: ref_cache.Layout = ref_cache.DPO):
+    """`trainer_class` (trl.DPOTrainer, trl.KTOTrainer) on the policy and its reference; with
+    cfg.precompute_ref_log_probs the reference log-probs come from align's cache (`layout`: the trainer's columns),
+    and how they were got goes into `summary`."""
+    import datasets
+
+    precompute = {}
+    if cfg.precompute_ref_log_probs:
+        # Hashed before TRL adds a fresh LoRA adapter, `policy` is the reference (with sft_adapter=continue: base +
+        # the sft adapter, which TRL copies as the frozen reference adapter).
+        ref_logps = ref_cache.RefLogps.create(reference or policy, args, tokenizer, persist=cfg.ref_cache,
+                                              layout=layout)
+        trainer_class, precompute = ref_cache.cached_trainer(trainer_class), {"ref_logps": ref_logps}
+        summary["reference_log_probs"] = ref_logps.report
+    return trainer_class(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=None if cfg.sft_adapter == "continue" else models.peft_config(cfg.model.lora, policy),
+        callbacks=callbacks,
+        **precompute,
+    )
 
 
 def held_out_checks(cfg: Any, pairs: list[dict], origins: list[str], tokenizer, *, stage: str, ranking: str,
