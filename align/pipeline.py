@@ -7,7 +7,8 @@ the key for that stage (its inline `config:` or `overrides:`; a `file:` is a tem
   rloo; at first the pipeline's model.name_or_path). A reward stage starts from it too. DPO, KTO, PPO, GRPO and RLOO
   take their frozen reference from it (ORPO and SimPO have none).
 - ppo reward_model.name_or_path, grpo / rloo rewards: the last reward stage's output (PPO's value model defaults to
-  the reward model).
+  the reward model); also for a reward section that names neither a model nor a function (`rewards: [{probe_threshold:
+  1.0}]`: the last reward stage's model, with that probe setting).
 - train.output_dir is always `<run_dir>/<name>`; W&B runs share one group (default: the run dir's name), one
   job_type per stage, named `<tracking.name or run dir name>-<stage>`. Each stage's run uses its input data files and
   models as W&B artifacts and logs its output model as one (see align.observe.tracking), so W&B shows the run's lineage.
@@ -163,15 +164,29 @@ def _resolve_stage(cfg: PipelineConfig, index: int, entry: StageEntry, inputs: d
     tracking = {**_shared_tracking(cfg), "name": f"{cfg.tracking.name or run_dir.name}-{entry.name}"}
     layered = config.deep_merge(layered, {"train": {"output_dir": str(run_dir / entry.name)}, "tracking": tracking})
     wiring = {"model.name_or_path": inputs["policy"]}
-    if entry.name == "ppo" and inputs["reward"] is not None and config.get_dotted(explicit, "reward_model") is None:
-        wiring["reward_model.name_or_path"] = inputs["reward"]
-    if entry.name in GROUP_RL_STAGES and inputs["reward"] is not None and config.get_dotted(explicit, "rewards") is None:
-        wiring["rewards"] = [{"name_or_path": inputs["reward"]}]
+    reward = inputs["reward"]
+    if entry.name == "ppo" and reward is not None and not _names_reward(config.get_dotted(explicit, "reward_model")):
+        wiring["reward_model.name_or_path"] = reward
+    if entry.name in GROUP_RL_STAGES and reward is not None:
+        given = config.get_dotted(explicit, "rewards")
+        if given is None:
+            wiring["rewards"] = [{"name_or_path": reward}]
+        elif isinstance(given, list):
+            layered = {**layered, "rewards": [spec if _names_reward(spec) else {**spec, "name_or_path": reward}
+                                              for spec in given]}
     for key, value in wiring.items():
         if config.get_dotted(explicit, key) is None:
             layered = config.deep_merge(layered, config.set_dotted({}, key, value))
     stage_cfg = stages.load(entry.name, None, entry.overrides, base=layered)
     return Plan(index, entry.name, stage_cfg, _inputs(stage_cfg), _config_hash(stage_cfg))
+
+
+def _names_reward(section: Any) -> bool:
+    """Whether a reward section names its reward (a model or a function); one that only sets probe keys or a weight
+    is wired to the last reward stage's output."""
+    if not isinstance(section, dict):
+        return section is not None  # a value that is not a section is left to the config loader to refuse
+    return section.get("name_or_path") is not None or section.get("function") is not None
 
 
 def run(cfg: PipelineConfig, from_stage: str | None = None, force: bool = False) -> list[StageResult]:

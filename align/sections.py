@@ -342,7 +342,20 @@ class RewardSource:
     """A rule instead: `module:function` or `path/to/file.py:function`, called on the decoded texts as
     fn(prompts: list[str], completions: list[str]) -> list[float]."""
 
+    probe: bool = True
+    """With a reward model: before training, probe it (align.probe): degrade the starting policy's greedy replies to
+    the first probe_prompts prompts 8 ways (loops, list spam, padding, truncation, ...) and refuse to start when a
+    degraded reply outscores the original in more than probe_threshold of cases. Writes probe.json."""
+    probe_prompts: int = 16
+    """Prompts the probe uses."""
+    probe_threshold: float = 0.5
+    """The largest share of cases a degraded reply may win; 1.0 records the probe without ever refusing."""
+
     def check(self) -> list[str]:
+        if not 0 <= self.probe_threshold <= 1:
+            return [f"probe_threshold: must be within [0, 1], got {self.probe_threshold}"]
+        if self.probe_prompts < 1:
+            return [f"probe_prompts: must be >= 1, got {self.probe_prompts}"]
         if (self.name_or_path is None) == (self.function is None):
             return ["name_or_path: set exactly one of name_or_path (a reward model) and function (a rule)"]
         problem = self.function and reward_functions.spec_problem(self.function)

@@ -143,6 +143,14 @@ def test_stage_configs_get_the_wiring_and_one_wandb_group(tmp_path, tiny_model_d
     assert cli.main(["validate", config]) == 0
 
 
+def test_a_reward_section_with_only_probe_keys_still_gets_the_reward_stage_model(tmp_path, tiny_model_dir, files):
+    ppo = {"name": "ppo", "config": {"data": {"train": [files["pairs"]]}, "reward_model": {"probe_threshold": 1.0},
+                                     "ppo": {"rollout_batch_size": 2, "micro_batch": 2}}}
+    plans = pipeline.resolve(pipeline.load(write(tmp_path, tiny_model_dir, [stage("reward", files), ppo])))
+    wired = plans[1].cfg.reward_model
+    assert (wired.name_or_path, wired.function, wired.probe_threshold) == (str(tmp_path / "run" / "reward"), None, 1.0)
+
+
 BAD = {
     "unknown stage": (lambda f: {"name": "dop", "config": {}},
                       "stages[1].name: unknown stage 'dop'. Did you mean 'dpo'"),

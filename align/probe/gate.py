@@ -14,17 +14,17 @@ from align.probe import results, scoring
 log = logging.getLogger(__name__)
 
 
-def check_reward_model(reward_model, tokenizer, policy, prompts: list[list[dict]], *, name: str, threshold: float,
-                       max_new_tokens: int, out: Path, batch_size: int, seed: int,
+def check_reward_model(judge: judges.RewardModelJudge, policy, tokenizer, prompts: list[list[dict]], *, name: str,
+                       threshold: float, max_new_tokens: int, out: Path, batch_size: int, seed: int, key: str,
                        override: str) -> results.ProbeResult:
-    """Probe `reward_model` on the policy's greedy replies to `prompts`; write probe.json into `out`. A reward model
-    that fails is a ConfigError naming the worst variant and the `override` key."""
+    """Probe a reward model (`judge`) on the policy's greedy replies to `prompts` (`tokenizer`: the policy's); write
+    probe.json into `out`. A reward model that fails is a ConfigError naming its config `key`, the worst variant
+    and the `override`."""
     generated = generation.generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                                     seed=seed, batch_size=batch_size)
-    judge = judges.RewardModelJudge(reward_model, tokenizer, batch_size)
     result = scoring.score_and_write(judge, prompts, generated.texts, reward_model=name, threshold=threshold,
                                      out=out, batch_size=batch_size, seed=seed)
-    message = results.refusal_message(result, "reward_model", override)
+    message = results.refusal_message(result, key, override)
     if message:
         raise ConfigError(message)
     log.info("reward model probe passed: no degraded reply outscores the policy's own in more than %.0f%% of %d",

@@ -16,6 +16,7 @@ bare base model, so the stage gives that copy the merged weights.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from align import data, generation, models, reward_functions
 from align.errors import ConfigError
+from align.eval import judges
 from align.observe import health
 from align.sections import DataConfig, ModelConfig, RewardSource, TrackingConfig, TrainConfig
 from align.stages import trainer as trainer_stage
@@ -120,8 +122,7 @@ def build(cfg: GroupRLConfig, tracker: Tracker, trl_config: str, trl_trainer: st
     model_path = models.resolve_path(cfg.model.name_or_path)
     tokenizer = models.load_tokenizer(cfg.model, model_path)
     labels = reward_labels(cfg.rewards)
-    reward_fns = [_reward(spec, i, tokenizer, cfg.train.batch_size, label)
-                  for i, (spec, label) in enumerate(zip(cfg.rewards, labels, strict=True))]
+    reward_judges = [_judge(spec, i, tokenizer, cfg.train.batch_size) for i, spec in enumerate(cfg.rewards)]
 
     stage_data = data.load(cfg.data, "prompt")
     budget = cfg.train.max_length - cfg.max_completion_length
@@ -132,6 +133,8 @@ def build(cfg: GroupRLConfig, tracker: Tracker, trl_config: str, trl_trainer: st
                           f"({dict(stage_data.dropped)})")
 
     model = models.load_causal_lm(cfg.model, model_path)
+    probes = _probe_reward_models(cfg, reward_judges, labels, model, tokenizer, train_rows)
+    reward_fns = [_reward_function(judge, label) for judge, label in zip(reward_judges, labels, strict=True)]
     has_eval = bool(eval_rows)
     stage_callbacks = trainer_stage.trainer_callbacks(cfg, model, tracker, tokenizer=tokenizer, stage_data=stage_data)
     args = trainer_stage.trl_arguments(
@@ -166,7 +169,9 @@ def build(cfg: GroupRLConfig, tracker: Tracker, trl_config: str, trl_trainer: st
              "rewards: %s", cfg.stage, cfg.model.name_or_path, len(train_rows), len(eval_rows), cfg.num_generations,
              f"{trainable:,}", f"{total:,}", reference, ", ".join(f"{r['name']} x {r['weight']:g}" for r in rewards))
     return trainer_stage.TrainerBuild(trainer=trainer, tokenizer=tokenizer, stage_data=stage_data,
-                                      callbacks=stage_callbacks, summary={"reference": reference, "rewards": rewards})
+                                      callbacks=stage_callbacks,
+                                      summary={"reference": reference, "rewards": rewards,
+                                               **({"probe": probes} if probes else {})})
 
 
 def reward_labels(specs: list[RewardSpec]) -> list[str]:
@@ -179,21 +184,49 @@ def reward_labels(specs: list[RewardSpec]) -> list[str]:
     return labels
 
 
-def _reward(spec: RewardSpec, index: int, tokenizer, batch_size: int, label: str):
-    """A TRL reward function (keyword arguments prompts and completions, conversational) around a judge."""
-    from align.eval import judges
-
+def _judge(spec: RewardSpec, index: int, tokenizer, batch_size: int) -> judges.RuleJudge | judges.RewardModelJudge:
+    """The rule or reward model a reward spec names, as align eval's judges score (align.eval.judges)."""
     if spec.function:
         option = f"rewards[{index}].function"
-        judge = judges.RuleJudge(reward_functions.load(spec.function, option), tokenizer, option=option)
-    else:
-        judge = judges.RewardModelJudge.load(spec.name_or_path, models.device(), batch_size)
+        return judges.RuleJudge(reward_functions.load(spec.function, option), tokenizer, option=option)
+    return judges.RewardModelJudge.load(spec.name_or_path, models.device(), batch_size)
+
+
+def _reward_function(judge: judges.RuleJudge | judges.RewardModelJudge, label: str):
+    """A TRL reward function (keyword arguments prompts and completions, conversational) around a judge."""
 
     def reward(prompts: list[list[dict]], completions: list[list[dict]], **_: Any) -> list[float]:
         return judge.score(prompts, completions)
 
     reward.__name__ = label  # TRL names the reward's metrics after it
     return reward
+
+
+def _probe_reward_models(cfg: GroupRLConfig, reward_judges: list, labels: list[str], policy, tokenizer,
+                         prompts: list[dict]) -> dict[str, dict[str, Any]]:
+    """The exploit probe (align.probe.gate) of each reward model whose spec keeps `probe` on, on the starting
+    policy's greedy replies, by label; written to probe.json in the output dir, or probe/<label>/ with several. A
+    resumed run reports the probes its first start wrote."""
+    from align.probe import gate, results
+
+    probed = [(i, spec, judge, label) for i, (spec, judge, label) in
+              enumerate(zip(cfg.rewards, reward_judges, labels, strict=True))
+              if spec.probe and isinstance(judge, judges.RewardModelJudge)]
+    out = Path(cfg.train.output_dir)
+    found: dict[str, dict[str, Any]] = {}
+    for i, spec, judge, label in probed:
+        where = out if len(probed) == 1 else out / "probe" / label
+        written = where / results.PROBE_FILE
+        if cfg.train.resume and written.is_file():
+            found[label] = json.loads(written.read_text(encoding="utf-8"))
+            continue
+        found[label] = gate.check_reward_model(
+            judge, policy, tokenizer, [row["prompt"] for row in prompts[:spec.probe_prompts]],
+            name=spec.name_or_path, threshold=spec.probe_threshold, max_new_tokens=cfg.max_completion_length,
+            out=where, batch_size=cfg.train.batch_size, seed=cfg.train.seed, key=f"rewards[{i}]",
+            override=f"probe_threshold: 1.0 under rewards[{i}] (record the probe, never refuse) or probe: false",
+        ).to_dict()
+    return found
 
 
 def _prompts_within(rows: list[dict], tokenizer, budget: int, dropped: Counter, split: str) -> list[dict]:

@@ -76,7 +76,7 @@ def test_grpo_sums_weighted_rewards_logs_each_by_name_and_moves_the_policy(make_
                                                                             tiny_reward_model_dir, stage_plots):
     cfg = make_cfg("grpo", "tracking.completions_every=1", "tracking.completions_prompts=2", "beta=0.1",
                    rewards=[{"function": f"{rules}:letters"}, {"name_or_path": str(tiny_reward_model_dir),
-                                                                "weight": 0.5}])
+                                                                "weight": 0.5, "probe": False}])
     result = stages.run("grpo", cfg)
     out = result.output_dir
     model_name = tiny_reward_model_dir.name
@@ -224,7 +224,9 @@ def write_group_pipeline(tmp_path, tiny_model_dir, prompts, rules) -> Path:
     path.write_text(yaml.safe_dump({"stage": "pipeline", "run_dir": str(tmp_path / "run"),
                                     "model": {"name_or_path": str(tiny_model_dir)}, "stages": [
         {"name": "reward", "config": {"data": {"train": [str(pairs)]}, "train": train}},
-        {"name": "grpo", "config": rl},
+        # Names no reward: the wiring gives it the reward stage's model; a one-step reward model is not expected
+        # to pass the exploit probe, so the probe is recorded without refusing.
+        {"name": "grpo", "config": {**rl, "rewards": [{"probe_threshold": 1.0}]}},
         {"name": "rloo", "config": {**rl, "rewards": [{"function": f"{rules}:letters"}]}}]}))
     return path
 
@@ -235,7 +237,8 @@ def test_pipeline_gives_grpo_and_rloo_the_latest_policy_and_the_last_reward_mode
     plans = pipeline.resolve(pipeline.load(str(path)))
     run = tmp_path / "run"
     assert [p.cfg.model.name_or_path for p in plans] == [str(tiny_model_dir), str(tiny_model_dir), str(run / "grpo")]
-    assert [(r.name_or_path, r.function) for r in plans[1].cfg.rewards] == [(str(run / "reward"), None)]
+    assert [(r.name_or_path, r.function, r.probe_threshold) for r in plans[1].cfg.rewards] == [
+        (str(run / "reward"), None, 1.0)]
     assert [(r.name_or_path, r.function) for r in plans[2].cfg.rewards] == [(None, f"{rules}:letters")]
     assert plans[1].inputs == {"model": str(tiny_model_dir), "rewards[0]": str(run / "reward")}
     assert cli.main(["validate", str(path)]) == 0
@@ -250,6 +253,8 @@ def test_a_reward_grpo_rloo_pipeline_runs_on_its_own_reward_model(tmp_path, tiny
     assert all((run / stage / "DONE").is_file() for stage in ("reward", "grpo", "rloo"))
     logged = {key for m in tracking.read_metrics(run / "grpo") for key in m if key.startswith("rewards/")}
     assert logged == {"rewards/reward/mean", "rewards/reward/std"}, "named after the reward stage's dir"
+    probe = json.loads((run / "grpo" / "probe.json").read_text())
+    assert probe["reward_model"] == str(run / "reward") and probe["threshold"] == 1.0
     inputs = json.loads((run / "rloo" / "lineage.json").read_text())["inputs"]
     assert (inputs["model"]["name_or_path"], inputs["model"]["stage"]) == (str(run / "grpo"), "grpo")
 
@@ -281,3 +286,45 @@ def test_the_policy_raises_a_rule_reward_and_lowers_it_when_negated(make_cfg, ru
     assert last > first + 0.1, f"letters rewarded: {first:.2f} -> {last:.2f}"
     first, last = letters_share("no_letters")
     assert last < first - 0.1, f"letters penalised: {first:.2f} -> {last:.2f}"
+
+
+def write_cfg(path: Path, cfg) -> Path:
+    path.write_text(config.dump_yaml(cfg))
+    return path
+
+
+def test_a_reward_model_failing_the_probe_stops_grpo_before_training(make_cfg, tmp_path, tiny_reward_model_dir,
+                                                                     rules, capsys):
+    # Threshold 0: any variant that outscores the original even once fails the probe. The rule is not probed.
+    cfg = make_cfg("grpo", rewards=[{"function": f"{rules}:letters"},
+                                    {"name_or_path": str(tiny_reward_model_dir), "probe_threshold": 0.0,
+                                     "probe_prompts": 4}])
+    code = cli.main(["grpo", "--config", str(write_cfg(tmp_path / "grpo.yaml", cfg))])
+    err = capsys.readouterr().err
+    out = tmp_path / "grpo"
+    probe = json.loads((out / "probe.json").read_text())
+    assert code == 2 and not probe["passed"] and probe["pairs"] == 4
+    assert "rewards[1]:" in err and f"'{probe['worst']}'" in err
+    assert "probe_threshold: 1.0 under rewards[1]" in err and "probe: false" in err
+    assert not list(out.glob("checkpoint-*")) and not (out / "summary.json").exists(), "nothing trained"
+
+
+def test_the_probe_override_records_it_and_a_resumed_run_does_not_probe_again(make_cfg, tmp_path, monkeypatch,
+                                                                             tiny_reward_model_dir):
+    from align.probe import gate
+
+    reward = {"name_or_path": str(tiny_reward_model_dir), "probe_threshold": 1.0, "probe_prompts": 4}
+    cfg = make_cfg("rloo", "train.max_steps=1", "train.save_steps=1", rewards=[reward])
+    stages.run("rloo", cfg)
+    out = tmp_path / "rloo"
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["passed"] and probe["threshold"] == 1.0 and probe["pairs"] == 4
+    assert set(probe["variants"]) >= {"ngram_loop", "list_spam", "filler", "empty"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["steps"] == 1 and summary["probe"] == {tiny_reward_model_dir.name: probe}
+
+    monkeypatch.setattr(gate, "check_reward_model", lambda *a, **k: pytest.fail("probed again on resume"))
+    resumed = make_cfg("rloo", "train.max_steps=2", "train.resume=true", rewards=[reward])
+    stages.run("rloo", resumed)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["steps"] == 2 and summary["probe"] == {tiny_reward_model_dir.name: probe}

@@ -14,25 +14,6 @@ from align.sections import DataConfig, ModelConfig, RewardSource, TrackingConfig
 
 
 @dataclass
-class RewardModelConfig(RewardSource):
-    probe: bool = True
-    """Before training, probe the reward model (align.probe): degrade the starting policy's greedy replies to the
-    first probe_prompts prompts 8 ways (loops, list spam, padding, truncation, ...) and refuse to start when a
-    degraded reply outscores the original in more than probe_threshold of cases. Writes probe.json."""
-    probe_prompts: int = 16
-    """Prompts the probe uses."""
-    probe_threshold: float = 0.5
-    """The largest share of cases a degraded reply may win; 1.0 records the probe without ever refusing."""
-
-    def check(self) -> list[str]:
-        if not 0 <= self.probe_threshold <= 1:
-            return [f"probe_threshold: must be within [0, 1], got {self.probe_threshold}"]
-        if self.probe_prompts < 1:
-            return [f"probe_prompts: must be >= 1, got {self.probe_prompts}"]
-        return super().check()
-
-
-@dataclass
 class ValueModelConfig:
     name_or_path: str | None = None
     """Initial weights of the value model (trained in full). null: the reward model; with a reward function, the
@@ -127,7 +108,7 @@ class PPOConfig:
     """Names the stage this file configures, so `align validate` and the other stages can tell."""
     model: ModelConfig
     """The policy to optimise (usually the sft stage's output); LoRA optional."""
-    reward_model: RewardModelConfig
+    reward_model: RewardSource
     value_model: ValueModelConfig = field(default_factory=ValueModelConfig)
     reference: str | None = None
     """The KL reference. null: the starting policy (with LoRA its adapters disabled, otherwise a frozen copy)."""

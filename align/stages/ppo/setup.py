@@ -119,6 +119,7 @@ def _probe_reward_model(cfg: PPOConfig, reward: PreTrainedModel | reward_functio
     the probe its first start wrote."""
     if not isinstance(reward, torch.nn.Module) or not cfg.reward_model.probe:
         return None
+    from align.eval import judges
     from align.probe import gate, results
 
     out = Path(cfg.train.output_dir)
@@ -126,10 +127,11 @@ def _probe_reward_model(cfg: PPOConfig, reward: PreTrainedModel | reward_functio
         written = out / results.PROBE_FILE
         return json.loads(written.read_text(encoding="utf-8")) if written.is_file() else None
     return gate.check_reward_model(
-        reward, tokenizer, policy, [row["prompt"] for row in stage_data.train[:cfg.reward_model.probe_prompts]],
+        judges.RewardModelJudge(reward, tokenizer, cfg.ppo.micro_batch), policy, tokenizer,
+        [row["prompt"] for row in stage_data.train[:cfg.reward_model.probe_prompts]],
         name=cfg.reward_model.name_or_path, threshold=cfg.reward_model.probe_threshold,
         max_new_tokens=cfg.ppo.response_length, out=out, batch_size=cfg.ppo.micro_batch, seed=cfg.train.seed,
-        override="reward_model.probe_threshold=1.0 (record the probe, never refuse) or reward_model.probe=false",
+        key="reward_model", override="reward_model.probe_threshold=1.0 (record the probe, never refuse) or reward_model.probe=false",
     ).to_dict()
 
 
