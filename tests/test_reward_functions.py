@@ -41,3 +41,20 @@ def test_scores_are_floats_one_per_completion():
         reward_functions.scores(lambda p, c: [1.0], ["a", "b"], ["x", "y"], "opt")
     with pytest.raises(ConfigError, match=r"got float of length \?"):
         reward_functions.scores(lambda p, c: 1.0, ["a"], ["x"], "opt")
+
+
+def test_the_example_rules_on_hand_scored_replies():
+    rules = reward_functions.load("examples/rewards.py:concise", "t").__globals__
+    prompt = ("system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face\nuser\n"
+              "Describe the process of making crepes.\nassistant\n")
+    replies = ["OK.",                                                      # no topic word, too short
+               "Whisk flour, eggs and milk, then fry each crepe thinly.",  # 10 words, "crepe" ~ "crepes"
+               "The weather in the park is lovely today.",                 # on no topic: "process" is not there
+               " ".join(["crepes"] * 45),                                  # on topic, 45 words: 2 - 45/30 = 0.5
+               "Crepes!"]                                                  # on topic but under 3 words
+    prompts = [prompt] * len(replies)
+    assert rules["on_topic"](prompts, replies) == [0.0, 1.0, 0.0, 1.0, 1.0]
+    assert rules["concise"](prompts, replies) == [1.0, 1.0, 1.0, 0.5, 1.0]
+    assert rules["brief_on_topic"](prompts, replies) == [0.0, 1.0, 0.0, 0.5, 0.0]
+    # Instruction words ("describe", "following", ...) and the system prompt are not the topic.
+    assert rules["on_topic"]([prompt], ["Let me describe the following, SmolLM assistant."]) == [0.0]
