@@ -175,6 +175,7 @@ def evaluate_model(cfg: EvalConfig, data: EvalData, model, tokenizer, judge, bas
     scores = judge.score(data.prompts, as_replies(generated.texts), progress) if judge else None
     if scores is not None:
         generation["judge_score_mean"] = sum(scores) / len(scores)
+        generation["judge_score_ci"] = list(metrics.bootstrap_ci(scores, samples=cfg.bootstrap_samples, seed=cfg.seed))
         per_sample["judge_score"] = scores
     result: dict[str, Any] = {"generation": generation, "per_sample": per_sample}
     if baseline is None:

@@ -50,8 +50,8 @@ def cell(column: dict[str, Any], section: str, key: str) -> str | None:
     value = column.get(section, {}).get(key)
     if value is None:
         return None
-    if key == "win_rate":
-        low, high = column[section]["win_rate_ci"]
+    if key in ("win_rate", "judge_score_mean"):
+        low, high = column[section][key.replace("_mean", "") + "_ci"]
         return f"{value:.3f} [{low:.3f}, {high:.3f}]"
     return f"{value:.4g}"
 
@@ -87,7 +87,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [cell(c, section, key) for c in columns]
         if any(value is not None for value in cells):
             lines.append(f"| {label} | " + " | ".join(value or "–" for value in cells) + " |")
-    lines += ["", ("Win rate: ties count 0.5; brackets hold the 95% bootstrap interval. Reply length counts the EOS. "
+    lines += ["", ("Win rate: ties count 0.5. Brackets hold the 95% bootstrap interval. Reply length counts the EOS. "
                    "Repeated 4-gram rate: fraction of replies in which some 4 consecutive tokens occur twice."), ""]
     if report.get("baselines"):
         ranked = next(iter(report["baselines"].values()))

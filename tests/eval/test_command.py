@@ -178,7 +178,13 @@ def test_rule_judge_without_reference_reports_the_policy_alone(tmp_path, prompts
                                     num_threads=1))
     (policy,) = result.report["policies"]
     samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert policy["generation"]["judge_score_mean"] == sum(len(s["completion"]) for s in samples) / 3
+    lengths = [float(len(s["completion"])) for s in samples]
+    assert policy["generation"]["judge_score_mean"] == sum(lengths) / 3
+    # The interval resamples the 3 scores: it lies within their range, and the table shows it beside the mean.
+    low, high = policy["generation"]["judge_score_ci"]
+    assert min(lengths) <= low <= sum(lengths) / 3 <= high <= max(lengths)
+    assert f"| judge score (mean) | {sum(lengths) / 3:.3f} [{low:.3f}, {high:.3f}] |" in (
+        tmp_path / "eval" / "eval.md").read_text()
     assert result.report["reference"] is None and "win_rate" not in policy["generation"]
     assert "pairs" not in policy
 
