@@ -180,10 +180,16 @@ def resume_changes(out: Path, cfg: Any, log_changes: bool = True) -> dict[str, t
 
 
 def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys; a list of sections (GRPO's rewards) as its length under `key (entries)` and `key[i].sub` keys, so
+    a key a newer align added to each entry is left out of the comparison like any other."""
     flat: dict[str, Any] = {}
     for key, value in nested.items():
         if isinstance(value, dict) and value:
             flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            flat[f"{prefix}{key} (entries)"] = len(value)
+            for i, item in enumerate(value):
+                flat.update(_flatten(item, f"{prefix}{key}[{i}]."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
