@@ -96,10 +96,11 @@ def _train(cfg: PPOConfig, run: lifecycle.StageRun) -> StageResult:
 
 def _run_metrics(runtime: float, start: int, last: int, first: float | None,
                  metrics: dict[str, Any]) -> dict[str, Any]:
-    """summary.json's metrics: updates, this run's runtime per update, the run's first update's score and the last
-    update's scores and KL."""
-    totals = {"steps": last, "train_runtime_s": round(runtime, 2),
-              "s_per_update": round(runtime / max(1, last - start), 3)}
+    """summary.json's metrics: updates, this run's runtime per update (when it ran any), the run's first update's
+    score and the last update's scores and KL."""
+    totals: dict[str, Any] = {"steps": last}
+    if last > start:
+        totals.update(train_runtime_s=round(runtime, 2), s_per_update=round(runtime / (last - start), 3))
     if metrics:  # none when resuming a run that had already finished its updates
         totals.update({"objective/scores_first": first,
                        **{k: metrics[k] for k in ("objective/scores", "objective/kl", "objective/rlhf_reward")}})

@@ -37,3 +37,15 @@ def test_resume_continues_exactly(tmp_path, make_cfg, tiny_model_dir, tiny_rewar
         assert {k: v for k, v in a.items() if k != "time" and not k.startswith("timing/")} == \
                {k: v for k, v in b.items() if k != "time" and not k.startswith("timing/")}
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_resuming_at_the_last_update_saves_without_a_made_up_time(tmp_path, make_cfg, tiny_model_dir):
+    """A run stopped at its last checkpoint (e.g. by SIGTERM) and resumed with max_steps there only writes the final
+    model: its summary has no time per update, since it ran none."""
+    rule = "examples/rewards.py:mentions_france"
+    stages.run("ppo", make_cfg(tmp_path, tiny_model_dir, "train.max_steps=2", "train.save_steps=2", function=rule))
+    (tmp_path / "out" / "model.safetensors").unlink()
+    result = stages.run("ppo", make_cfg(tmp_path, tiny_model_dir, "train.max_steps=2", "train.resume=true",
+                                        function=rule))
+    assert result.metrics["steps"] == 2 and "s_per_update" not in result.metrics
+    assert (tmp_path / "out" / "model.safetensors").is_file()
