@@ -35,16 +35,19 @@ def ends_with_sentence(prompts: list[str], completions: list[str]) -> list[float
 
 
 # Words that say what to do rather than what about: sharing one of them with the question is not staying on topic.
-_NOT_TOPIC = set("""about above after again also answer because been before being below between both could describe
-does doing down during each explain following from give have having here into itself just make more most once only
-other over provide same should some such than that their them then there these they this those through under until
-very what when where which while will with would write your yours create generate list name sentence paragraph
-words word text given example examples using tell find""".split())
+_NOT_TOPIC = {"about", "above", "after", "again", "also", "answer", "because", "been", "before", "being", "below",
+              "between", "both", "could", "describe", "does", "doing", "down", "during", "each", "explain",
+              "following", "from", "give", "have", "having", "here", "into", "itself", "just", "make", "more",
+              "most", "once", "only", "other", "over", "provide", "same", "should", "some", "such", "than", "that",
+              "their", "them", "then", "there", "these", "they", "this", "those", "through", "under", "until",
+              "very", "what", "when", "where", "which", "while", "will", "with", "would", "write", "your", "yours",
+              "create", "generate", "list", "name", "sentence", "paragraph", "words", "word", "text", "given",
+              "example", "examples", "using", "tell", "find"}
 
 
 def _question(prompt: str) -> str:
     """The last user message of a chat-templated prompt with its special tokens removed ("...user\\nQ\\nassistant\\n")."""
-    head, sep, rest = prompt.rpartition("user\n")
+    _, sep, rest = prompt.rpartition("user\n")
     question = rest if sep else prompt
     return question.rsplit("assistant", 1)[0] if "assistant" in question else question
 

@@ -205,7 +205,7 @@ def _reward_function(judge: judges.RuleJudge | judges.RewardModelJudge, label: s
 def _probe_reward_models(cfg: GroupRLConfig, reward_judges: list, labels: list[str], policy, tokenizer,
                          prompts: list[dict]) -> dict[str, dict[str, Any]]:
     """The exploit probe (align.probe.gate) of each reward model whose spec keeps `probe` on, on the starting
-    policy's greedy replies, by label; written to probe.json in the output dir, or probe/<label>/ with several. A
+    policy's greedy replies, by label; written to probe.json in the output dir, or probe-<label>/ with several. A
     resumed run reports the probes its first start wrote."""
     from align.probe import gate, results
 
@@ -215,7 +215,7 @@ def _probe_reward_models(cfg: GroupRLConfig, reward_judges: list, labels: list[s
     out = Path(cfg.train.output_dir)
     found: dict[str, dict[str, Any]] = {}
     for i, spec, judge, label in probed:
-        where = out if len(probed) == 1 else out / "probe" / label
+        where = out if len(probed) == 1 else out / f"probe-{label}"
         written = where / results.PROBE_FILE
         if cfg.train.resume and written.is_file():
             found[label] = json.loads(written.read_text(encoding="utf-8"))

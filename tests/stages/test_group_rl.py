@@ -343,3 +343,12 @@ def test_the_probe_override_records_it_and_a_resumed_run_does_not_probe_again(ma
     stages.run("rloo", resumed)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["steps"] == 2 and summary["probe"] == {tiny_reward_model_dir.name: probe}
+
+
+def test_each_of_several_reward_models_is_probed_into_its_own_dir(make_cfg, tmp_path, tiny_reward_model_dir):
+    reward = {"name_or_path": str(tiny_reward_model_dir), "probe_threshold": 1.0, "probe_prompts": 2}
+    stages.run("grpo", make_cfg("grpo", "train.max_steps=1", rewards=[reward, reward]))
+    out, name = tmp_path / "grpo", tiny_reward_model_dir.name
+    probes = {label: json.loads((out / f"probe-{label}" / "probe.json").read_text()) for label in (name, f"{name}_2")}
+    assert all(probe["pairs"] == 2 for probe in probes.values()) and not (out / "probe.json").exists()
+    assert json.loads((out / "summary.json").read_text())["probe"] == probes
