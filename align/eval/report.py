@@ -46,12 +46,16 @@ TABLE_ROWS = (
 )
 
 
+INTERVALS = {"win_rate": "win_rate_ci", "judge_score_mean": "judge_score_ci"}
+"""The values shown with their 95% interval, and the key that holds it."""
+
+
 def cell(column: dict[str, Any], section: str, key: str) -> str | None:
     value = column.get(section, {}).get(key)
     if value is None:
         return None
-    if key in ("win_rate", "judge_score_mean"):
-        low, high = column[section][key.replace("_mean", "") + "_ci"]
+    if key in INTERVALS:
+        low, high = column[section][INTERVALS[key]]
         return f"{value:.3f} [{low:.3f}, {high:.3f}]"
     return f"{value:.4g}"
 

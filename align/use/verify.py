@@ -132,8 +132,9 @@ def compare(source_model, source_tokenizer, model, tokenizer, *, fmt: str, preci
             got = model(tokens).logits[0].float()
             # A prefix shared with an earlier conversation (a template's default system prompt) has the same logits
             # there: count each position once, or one flip there would count once per conversation.
-            new = torch.tensor([tuple(row[:t + 1]) not in seen for t in range(len(row))], device=device)
-            seen.update(tuple(row[:t + 1]) for t in range(len(row)))
+            prefixes = [tuple(row[:t + 1]) for t in range(len(row))]
+            new = torch.tensor([prefix not in seen for prefix in prefixes], device=device)
+            seen.update(prefixes)
             agrees.append((expected.argmax(-1) == got.argmax(-1))[new])
             best = expected.topk(2, dim=-1).values
             margins.append((best[:, 0] - best[:, 1])[new])

@@ -131,7 +131,8 @@ def _probe_reward_model(cfg: PPOConfig, reward: PreTrainedModel | reward_functio
         [row["prompt"] for row in stage_data.train[:cfg.reward_model.probe_prompts]],
         name=cfg.reward_model.name_or_path, threshold=cfg.reward_model.probe_threshold,
         max_new_tokens=cfg.ppo.response_length, out=out, batch_size=cfg.ppo.micro_batch, seed=cfg.train.seed,
-        key="reward_model", override="reward_model.probe_threshold=1.0 (record the probe, never refuse) or reward_model.probe=false",
+        key="reward_model",
+        override="reward_model.probe_threshold=1.0 (record the probe, never refuse) or reward_model.probe=false",
     ).to_dict()
 
 
