@@ -280,6 +280,7 @@ def test_reward_names_are_readable_and_unique():
     assert group_rl.reward_labels(specs) == ["concise", "concise_2", "reward"]
 
 
+@pytest.mark.slow  # about 7 s each (20 steps, a run and its negated control); CI runs slow tests too
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
 def test_the_policy_raises_a_rule_reward_and_lowers_it_when_negated(make_cfg, rules, stage):
     """Rule: the fraction of a reply's characters that are ASCII letters (about 0.62 for the tiny model at first;
