@@ -1,0 +1,108 @@
+"""examples/hh_rlhf_reward_head.py: shared-prompt features equal separate passes, the head fits hand-made pairs, and
+the exported reward model scores exactly what the head scores."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from align import models
+from align.eval.judges import RewardModelJudge
+from align.sections import ModelConfig
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "hh_rlhf_reward_head.py"
+
+
+@pytest.fixture(scope="module")
+def head():
+    spec = importlib.util.spec_from_file_location("hh_rlhf_reward_head", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), dtype="fp32")
+    return models.load_tokenizer(cfg), models.frozen(models.load_causal_lm(cfg))
+
+
+PAIR = {"prompt": [{"role": "user", "content": "what is the capital of france?"}],
+        "chosen": [{"role": "assistant", "content": "paris is the capital of france"}],
+        "rejected": [{"role": "assistant", "content": "the cat sat on the mat and looked at the dog"}]}
+
+
+def test_pair_features_run_the_prompt_once_and_equal_separate_passes(head, tiny):
+    tokenizer, model = tiny
+    chosen, rejected = head.pair_ids(tokenizer, PAIR, 512)
+    assert chosen[:8] == rejected[:8]  # the shared prompt the cache is reused for
+    with torch.no_grad():
+        shared = head.pair_features(model, chosen, rejected, [1, 2])
+        separate = torch.stack([head.eos_states(model, ids, [1, 2]) for ids in (chosen, rejected)])
+        final = model.model(input_ids=torch.tensor([chosen])).last_hidden_state[0, -1]
+    assert shared.shape == (2, 2, model.config.hidden_size)
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(separate[0, 1], final)  # the last block's state is what a classifier's head reads
+
+
+def test_left_truncation_keeps_both_replies_and_their_eos(head, tiny):
+    tokenizer, _ = tiny
+    chosen, rejected = head.pair_ids(tokenizer, PAIR, 6)
+    assert len(chosen) == len(rejected) == 6
+    assert chosen[-1] == rejected[-1] == tokenizer.eos_token_id
+    assert chosen != rejected
+
+
+def test_fit_head_ranks_pairs_by_the_feature_that_decides_them(head):
+    torch.manual_seed(0)
+    feats = torch.randn(200, 2, 4)
+    swap = feats[:, 0, 2] < feats[:, 1, 2]  # chosen is the reply with the larger third feature
+    feats[swap] = feats[swap].flip(1)
+    weight = head.fit_head(feats, l2=0.01)
+    assert weight[2] > 5 * weight[[0, 1, 3]].abs().max()
+    assert bool(((feats[:, 0] - feats[:, 1]) @ weight > 0).all())
+
+
+def test_exported_reward_model_scores_what_the_head_scores(head, tiny, tiny_model_dir, tmp_path):
+    tokenizer, model = tiny
+    torch.manual_seed(1)
+    weight = torch.randn(model.config.hidden_size)
+    out = head.export(str(tiny_model_dir), 1, weight, tmp_path / "rm")
+
+    judge = RewardModelJudge.load(str(out), "cpu", batch_size=2)
+    assert judge.model.config.num_hidden_layers == 1
+    scores = judge.score([PAIR["prompt"]] * 2, [PAIR["chosen"], PAIR["rejected"]])
+    with torch.no_grad():
+        feats = head.pair_features(model, *head.pair_ids(tokenizer, PAIR, 512), [1])[:, 0]
+    torch.testing.assert_close(torch.tensor(scores), feats @ weight, atol=1e-4, rtol=1e-4)
+
+
+def test_fit_picks_the_depth_that_carries_the_preference_and_exports_it(head, tiny_model_dir, tmp_path, capsys):
+    import argparse
+    import json
+
+    torch.manual_seed(0)
+    rows = [{"prompt": [{"role": "user", "content": f"question {i // 2}"}],
+             "chosen": [{"role": "assistant", "content": "a" * (1 + i % 3)}],
+             "rejected": [{"role": "assistant", "content": "b" * (1 + i % 5)}],
+             "subset": head.SUBSETS[i % 2], "split": "held_out" if i < 40 else "train"} for i in range(200)]
+    feats = torch.randn(200, 2, 2, 32)
+    feats[:, 0, 1, 0] += 3.0  # after block 2, dimension 0 tells chosen from rejected; after block 1 nothing does
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.save({"layers": [1, 2], "pairs": 200, "done": 200, "features": feats, "model": str(tiny_model_dir),
+                "max_tokens": 64}, tmp_path / "features.pt")
+
+    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0, 10.0], folds=5))
+
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["layer"] == 2 and result["train_pairs"] == 160
+    assert result["cross_validation"]["2/1"] > 0.9
+    assert result["cross_validation"]["1/1"] < 0.7
+    assert result["held_out"]["all"]["reward head, block 2"]["accuracy"] > 0.9
+    assert set(result["held_out"]) == {"all", *head.SUBSETS}
+    judge = RewardModelJudge.load(result["reward_model"], "cpu", batch_size=2)
+    assert judge.model.config.num_hidden_layers == 2
+    assert "chosen: the state after block 2" in capsys.readouterr().out
