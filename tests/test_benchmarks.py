@@ -109,6 +109,7 @@ def test_lora_memory_ratio_uses_rss_on_cpu_and_cuda_memory_on_gpu():
         "* LoRA-DPO / LoRA-SFT peak memory, align: 1.100 (meets the <= 1.15 target); TRL: 1.500")
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_child_records_each_trainer_step_and_no_cuda_memory_on_cpu(tmp_path):
     # The hook wraps CallbackHandler.on_step_end, which every Trainer calls once per optimizer step.
     code = """

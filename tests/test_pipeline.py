@@ -110,6 +110,7 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, tiny_model_dir,
     assert summary["metrics"]["steps"] == 4
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_sft_lora_then_reward_then_dpo_merge(tmp_path, tiny_model_dir, files):
     lora = {"model": {"lora": {"enabled": True, "rank": 4}}}
     config = write(tmp_path, tiny_model_dir, [stage("sft", files, **lora), stage("reward", files),

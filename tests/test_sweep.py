@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import yaml
 from tiny import CONVERSATIONS, messages
 
 from align import cli, config, sweep
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_grid_sweep_runs_ranks_and_skips_finished(tmp_path, tiny_model_dir, capsys):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"messages": messages(t)}) + "\n" for t in CONVERSATIONS * 2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
 from tiny import PAIRS, write_pairs
 
@@ -16,6 +17,7 @@ TRAIN = {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2, "max_length": 6
 TRACKING = {"completions_every": 2, "completions_prompts": 2, "completions_max_new_tokens": 4}
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_report_of_a_tiny_sft_dpo_pipeline(tmp_path, tiny_model_dir):
     sft_data = tmp_path / "sft.jsonl"
     sft_data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p},
