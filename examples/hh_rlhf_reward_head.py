@@ -25,26 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
+from hh_rlhf_split import SHARED, SUBSETS, opening  # the same files, sources and grouping as the split script
 
 import data_formats
 from align import chat, models
 from align.eval import baselines, metrics
 from align.sections import ModelConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
-SUBSETS = ("helpful-base", "harmless-base")
 SAVE_EVERY = 50
-
-
-def opening(row: dict) -> str:
-    first = next(m["content"] for m in row["prompt"] if m["role"] == "user")
-    return re.sub(r"[\W_]+", " ", first.lower()).strip()
 
 
 def split(data: Path, held_out: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -194,10 +187,11 @@ def fit(args: argparse.Namespace) -> None:
     rows, saved = load_features(args.out)
     layers, feats = saved["layers"], saved["features"]
     train_at = torch.tensor([r["split"] == "train" for r in rows])
+    train_feats, held_feats = feats[train_at], feats[~train_at]
     train_rows = [r for r in rows if r["split"] == "train"]
     held = [r for r in rows if r["split"] == "held_out"]
     started = time.perf_counter()
-    grid = {(layer, l2): cross_validate(feats[train_at][:, :, i], train_rows, l2, args.folds)
+    grid = {(layer, l2): cross_validate(train_feats[:, :, i], train_rows, l2, args.folds)
             for i, layer in enumerate(layers) for l2 in args.l2}
     layer, l2 = max(grid, key=grid.get)
     print(f"cross-validation on {len(train_rows)} training pairs, mean of per-source accuracies "
@@ -207,9 +201,9 @@ def fit(args: argparse.Namespace) -> None:
     print(f"chosen: the state after block {layer}, L2 {l2:g}")
 
     index = layers.index(layer)
-    mean, std = standardise(feats[train_at][:, :, index])
-    weight = fit_head((feats[train_at][:, :, index] - mean) / std, l2)
-    scores = ((feats[~train_at][:, :, index] - mean) / std) @ weight
+    mean, std = standardise(train_feats[:, :, index])
+    weight = fit_head((train_feats[:, :, index] - mean) / std, l2)
+    scores = ((held_feats[:, :, index] - mean) / std) @ weight
     name = f"reward head, block {layer}"
     rankings = {name: baselines.outcomes(scores[:, 0].tolist(), scores[:, 1].tolist()),
                 "longer reply": baselines.length_outcomes(held, longer=True),

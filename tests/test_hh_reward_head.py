@@ -4,6 +4,7 @@ the exported reward model scores exactly what the head scores."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,13 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "hh_rlhf_reward_head
 
 @pytest.fixture(scope="module")
 def head():
-    spec = importlib.util.spec_from_file_location("hh_rlhf_reward_head", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: it imports examples/hh_rlhf_split.py
+    try:
+        spec = importlib.util.spec_from_file_location("hh_rlhf_reward_head", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
