@@ -69,15 +69,19 @@ def eos_states(model, ids: list[int], layers: list[int], cache=None) -> torch.Te
                         for n in layers])
 
 
-def pair_features(model, chosen: list[int], rejected: list[int], layers: list[int]) -> torch.Tensor:
-    """(2, layers, hidden). The common token prefix runs once; its cache is cut back to it for the second reply."""
+def shared_prefix(chosen: list[int], rejected: list[int]) -> int:
+    """Tokens both sides start with; each side keeps at least its last token, the one whose state is read."""
     shared = 0
     for a, b in zip(chosen, rejected):
         if a != b:
             break
         shared += 1
-    # Each side keeps at least its last token, the one whose state is read.
-    shared = min(shared, len(chosen) - 1, len(rejected) - 1)
+    return min(shared, len(chosen) - 1, len(rejected) - 1)
+
+
+def pair_features(model, chosen: list[int], rejected: list[int], layers: list[int]) -> torch.Tensor:
+    """(2, layers, hidden). The common token prefix runs once; its cache is cut back to it for the second reply."""
+    shared = shared_prefix(chosen, rejected)
     if shared == 0:
         return torch.stack([eos_states(model, ids, layers) for ids in (chosen, rejected)])
     prefix = model.model(input_ids=torch.tensor([chosen[:shared]]), use_cache=True)
@@ -96,6 +100,13 @@ def extra_rows(data: Path, spec: str, held: list[dict]) -> list[dict]:
             if r["chosen"] != r["rejected"] and opening(r) not in unseen]
     random.Random(3).shuffle(rows)
     return rows[:int(count)]
+
+
+def write_pairs(out: Path, train: list[dict], held: list[dict]) -> None:
+    """The training and held-out pairs as preference rows, for `align probe`, PPO's prompts and `align eval`."""
+    for name, part in (("train_pairs.jsonl", train), ("held_out_pairs.jsonl", held)):
+        (out / name).write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")},
+                                                   ensure_ascii=False) + "\n" for r in part), "utf-8")
 
 
 def extract(args: argparse.Namespace) -> None:
@@ -117,9 +128,7 @@ def extract(args: argparse.Namespace) -> None:
             raise SystemExit(f"{store} was made with other settings; remove it or choose another --out")
         feats[:saved["pairs"]], done = saved["features"], saved["done"]
     listed.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    for name, part in (("train_pairs.jsonl", train), ("held_out_pairs.jsonl", held)):  # for align probe, ppo, eval
-        (args.out / name).write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")},
-                                                        ensure_ascii=False) + "\n" for r in part), "utf-8")
+    write_pairs(args.out, train, held)
     started, start_at = time.perf_counter(), done
     for i in range(done, len(rows)):
         with torch.no_grad():
@@ -218,17 +227,14 @@ def fit(args: argparse.Namespace) -> None:
     print(f"reward model: {model_dir}")
 
 
-def export(base: str, layer: int, weight: torch.Tensor, out: Path) -> Path:
-    """The first `layer` blocks, the final norm and `weight` as the score layer, saved as a sequence classifier.
-
-    The head was fitted on standardised features; `weight / std` reads the raw ones. The mean's offset is the same
-    for both replies of a pair, so it is dropped (the score layer has no bias): scores shift by a constant.
-    """
+def classifier_from(base: str, blocks: int):
+    """A one-label sequence classifier of the base model's first `blocks` blocks, with their pretrained weights, and
+    the base tokenizer."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     cfg = ModelConfig(name_or_path=base, dtype="fp32")
     tokenizer = models.load_tokenizer(cfg, base)
-    config = AutoConfig.from_pretrained(base, num_labels=1, num_hidden_layers=layer,
+    config = AutoConfig.from_pretrained(base, num_labels=1, num_hidden_layers=blocks,
                                         pad_token_id=tokenizer.pad_token_id)
     classifier = AutoModelForSequenceClassification.from_config(config)
     trunk = {k.removeprefix("model."): v for k, v in models.load_causal_lm(cfg, base).state_dict().items()
@@ -236,6 +242,16 @@ def export(base: str, layer: int, weight: torch.Tensor, out: Path) -> Path:
     missing, unexpected = classifier.model.load_state_dict(trunk, strict=False)
     if missing or any(not k.startswith("layers.") for k in unexpected):
         raise SystemExit(f"the trunk does not fit the classifier: missing {missing}, unexpected {unexpected}")
+    return classifier, tokenizer
+
+
+def export(base: str, layer: int, weight: torch.Tensor, out: Path) -> Path:
+    """The first `layer` blocks, the final norm and `weight` as the score layer, saved as a sequence classifier.
+
+    The head was fitted on standardised features; `weight / std` reads the raw ones. The mean's offset is the same
+    for both replies of a pair, so it is dropped (the score layer has no bias): scores shift by a constant.
+    """
+    classifier, tokenizer = classifier_from(base, layer)
     with torch.no_grad():
         classifier.score.weight.copy_(weight.unsqueeze(0))
     classifier.save_pretrained(out)
