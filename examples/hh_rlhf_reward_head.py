@@ -252,22 +252,39 @@ def export(base: str, layer: int, weight: torch.Tensor, out: Path) -> Path:
     for both replies of a pair, so it is dropped (the score layer has no bias): scores shift by a constant.
     """
     classifier, tokenizer = classifier_from(base, layer)
+    return save_classifier(classifier, tokenizer, weight, out)
+
+
+def save_classifier(classifier, tokenizer, weight: torch.Tensor, out: Path) -> Path:
+    """`weight` as the score layer; the classifier and the tokenizer saved to `out`."""
     with torch.no_grad():
-        classifier.score.weight.copy_(weight.unsqueeze(0))
+        classifier.score.weight.copy_(weight.reshape(1, -1))
     classifier.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def pair_arguments(step: argparse.ArgumentParser) -> None:
+    """What the pairs are and how they are read: the same in every step that reads them."""
+    step.add_argument("--out", type=Path, required=True)
+    step.add_argument("--data", type=Path, default=SHARED, help="the hh-rlhf folder")
+    step.add_argument("--model", default="smollm2-135m-instruct", help="alias, dir or hub id")
+    step.add_argument("--held-out", type=int, default=600, help="held-out pairs, whole groups (a few more)")
+    step.add_argument("--max-tokens", type=int, default=384)
+
+
+def run_step(parser: argparse.ArgumentParser, steps: dict) -> None:
+    """Parse the command line and run the step it names, on all cores."""
+    args = parser.parse_args()
+    models.configure_threads(0)
+    steps[args.step](args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     steps = parser.add_subparsers(dest="step", required=True)
     ext = steps.add_parser("extract", help="one forward pass per pair; resumable")
-    ext.add_argument("--out", type=Path, required=True)
-    ext.add_argument("--data", type=Path, default=SHARED, help="the hh-rlhf folder")
-    ext.add_argument("--model", default="smollm2-135m-instruct", help="alias, dir or hub id")
-    ext.add_argument("--held-out", type=int, default=600, help="held-out pairs, whole groups (a few more)")
-    ext.add_argument("--max-tokens", type=int, default=384)
+    pair_arguments(ext)
     ext.add_argument("--every", type=int, default=3, help="keep the state after every N-th block")
     ext.add_argument("--extra", nargs="*", default=[], metavar="SUBSET:N",
                      help="more training pairs from another hh-rlhf file, e.g. helpful-rejection-sampled:1000")
@@ -275,9 +292,7 @@ def main() -> None:
     fitting.add_argument("--out", type=Path, required=True)
     fitting.add_argument("--l2", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0, 10.0])
     fitting.add_argument("--folds", type=int, default=5)
-    args = parser.parse_args()
-    models.configure_threads(0)
-    {"extract": extract, "fit": fit}[args.step](args)
+    run_step(parser, {"extract": extract, "fit": fit})
 
 
 if __name__ == "__main__":

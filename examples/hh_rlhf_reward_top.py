@@ -29,14 +29,17 @@ import torch
 from hh_rlhf_reward_head import (
     classifier_from,
     fit_head,
+    pair_arguments,
     pair_ids,
     per_source,
+    run_step,
+    save_classifier,
     shared_prefix,
     split,
     standardise,
     write_pairs,
 )
-from hh_rlhf_split import SHARED, opening
+from hh_rlhf_split import opening
 
 from align import models
 from align.eval import baselines, metrics
@@ -275,23 +278,15 @@ def export(base: str, block: int, model: TopReward, out: Path) -> Path:
     for i, layer in enumerate(model.top.layers):
         classifier.model.layers[block + i].load_state_dict(layer.state_dict())
     classifier.model.norm.load_state_dict(model.top.norm.state_dict())
-    with torch.no_grad():
-        classifier.score.weight.copy_(model.score.weight)
-    classifier.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_classifier(classifier, tokenizer, model.score.weight.detach(), out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     steps = parser.add_subparsers(dest="step", required=True)
     step = steps.add_parser("cache", help="the lower blocks' states for every token of every pair; resumable")
-    step.add_argument("--out", type=Path, required=True)
-    step.add_argument("--data", type=Path, default=SHARED, help="the hh-rlhf folder")
-    step.add_argument("--model", default="smollm2-135m-instruct", help="alias, dir or hub id")
-    step.add_argument("--held-out", type=int, default=600, help="held-out pairs, whole groups (a few more)")
+    pair_arguments(step)
     step.add_argument("--validation", type=int, default=300, help="validation pairs taken from training, whole groups")
-    step.add_argument("--max-tokens", type=int, default=384)
     step.add_argument("--block", type=int, default=18, help="cache the states after this block; train the ones above")
     step = steps.add_parser("train", help="the top blocks + score on the cached states; export the best")
     step.add_argument("--out", type=Path, required=True)
@@ -302,9 +297,7 @@ def main() -> None:
     step.add_argument("--l2", type=float, default=0.1, help="L2 of the logistic head the score layer starts from")
     step.add_argument("--eval-every", type=int, default=500, help="training pairs between validation scores")
     step.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    models.configure_threads(0)
-    {"cache": cache, "train": train}[args.step](args)
+    run_step(parser, {"cache": cache, "train": train})
 
 
 if __name__ == "__main__":

@@ -73,6 +73,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_frozen_lm(tiny_model_dir):
+    """(tokenizer, the tiny causal LM loaded by align in fp32 and frozen), for tests that only read it."""
+    from align import models
+    from align.sections import ModelConfig
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), dtype="fp32")
+    return models.load_tokenizer(cfg), models.frozen(models.load_causal_lm(cfg))
+
+
 @pytest.fixture(scope="session")
 def tiny_reward_model_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama sequence classifier with one label (a reward model), plus tokenizer."""

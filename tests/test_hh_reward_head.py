@@ -3,36 +3,16 @@ the exported reward model scores exactly what the head scores."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import example_scripts
 import pytest
 import torch
 
-from align import models
 from align.eval.judges import RewardModelJudge
-from align.sections import ModelConfig
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "hh_rlhf_reward_head.py"
 
 
 @pytest.fixture(scope="module")
 def head():
-    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: it imports examples/hh_rlhf_split.py
-    try:
-        spec = importlib.util.spec_from_file_location("hh_rlhf_reward_head", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    cfg = ModelConfig(name_or_path=str(tiny_model_dir), dtype="fp32")
-    return models.load_tokenizer(cfg), models.frozen(models.load_causal_lm(cfg))
+    return example_scripts.load("hh_rlhf_reward_head")
 
 
 PAIR = {"prompt": [{"role": "user", "content": "what is the capital of france?"}],
@@ -40,8 +20,8 @@ PAIR = {"prompt": [{"role": "user", "content": "what is the capital of france?"}
         "rejected": [{"role": "assistant", "content": "the cat sat on the mat and looked at the dog"}]}
 
 
-def test_pair_features_run_the_prompt_once_and_equal_separate_passes(head, tiny):
-    tokenizer, model = tiny
+def test_pair_features_run_the_prompt_once_and_equal_separate_passes(head, tiny_frozen_lm):
+    tokenizer, model = tiny_frozen_lm
     chosen, rejected = head.pair_ids(tokenizer, PAIR, 512)
     assert chosen[:8] == rejected[:8]  # the shared prompt the cache is reused for
     with torch.no_grad():
@@ -53,8 +33,8 @@ def test_pair_features_run_the_prompt_once_and_equal_separate_passes(head, tiny)
     torch.testing.assert_close(separate[0, 1], final)  # the last block's state is what a classifier's head reads
 
 
-def test_left_truncation_keeps_both_replies_and_their_eos(head, tiny):
-    tokenizer, _ = tiny
+def test_left_truncation_keeps_both_replies_and_their_eos(head, tiny_frozen_lm):
+    tokenizer, _ = tiny_frozen_lm
     chosen, rejected = head.pair_ids(tokenizer, PAIR, 6)
     assert len(chosen) == len(rejected) == 6
     assert chosen[-1] == rejected[-1] == tokenizer.eos_token_id
@@ -71,8 +51,8 @@ def test_fit_head_ranks_pairs_by_the_feature_that_decides_them(head):
     assert bool(((feats[:, 0] - feats[:, 1]) @ weight > 0).all())
 
 
-def test_exported_reward_model_scores_what_the_head_scores(head, tiny, tiny_model_dir, tmp_path):
-    tokenizer, model = tiny
+def test_exported_reward_model_scores_what_the_head_scores(head, tiny_frozen_lm, tiny_model_dir, tmp_path):
+    tokenizer, model = tiny_frozen_lm
     torch.manual_seed(1)
     weight = torch.randn(model.config.hidden_size)
     out = head.export(str(tiny_model_dir), 1, weight, tmp_path / "rm")

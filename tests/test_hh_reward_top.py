@@ -4,11 +4,9 @@ the top blocks and learns a preference, and the exported classifier scores what 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
+import example_scripts
 import pytest
 import torch
 
@@ -16,32 +14,18 @@ from align import models
 from align.eval.judges import RewardModelJudge
 from align.sections import ModelConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "hh_rlhf_reward_top.py"
-PAIR = {"prompt": [{"role": "user", "content": "what is the capital of france?"}],
-        "chosen": [{"role": "assistant", "content": "paris is the capital of france"}],
-        "rejected": [{"role": "assistant", "content": "the cat sat on the mat and looked at the dog"}]}
+PAIR = {"prompt": [{"role": "user", "content": "name a large city in the north of italy"}],
+        "chosen": [{"role": "assistant", "content": "milan"}],
+        "rejected": [{"role": "assistant", "content": "the dog ran after the cat and then it sat down"}]}
 
 
 @pytest.fixture(scope="module")
 def top():
-    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: it imports the other hh_rlhf examples
-    try:
-        spec = importlib.util.spec_from_file_location("hh_rlhf_reward_top", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    return example_scripts.load("hh_rlhf_reward_top")
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    cfg = ModelConfig(name_or_path=str(tiny_model_dir), dtype="fp32")
-    return models.load_tokenizer(cfg), models.frozen(models.load_causal_lm(cfg))
-
-
-def test_cached_lower_states_through_the_top_blocks_equal_the_whole_model(top, tiny):
-    tokenizer, model = tiny
+def test_cached_lower_states_through_the_top_blocks_equal_the_whole_model(top, tiny_frozen_lm):
+    tokenizer, model = tiny_frozen_lm
     chosen, rejected = top.pair_ids(tokenizer, PAIR, 512)
     shared = top.shared_prefix(chosen, rejected)
     assert shared >= 8  # the prompt runs once, in both halves
