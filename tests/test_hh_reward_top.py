@@ -83,7 +83,8 @@ def test_train_learns_a_preference_keeps_the_best_and_exports_what_it_scores(top
     judge = RewardModelJudge.load(result["reward_model"], "cpu", batch_size=2)
     assert judge.model.config.num_hidden_layers == 2
     held = [(r, s) for r, s in zip(rows, states) if r["split"] == "held_out"][:4]
-    got = judge.score([r["prompt"] for r, _ in held] * 2, [r["chosen"] for r, _ in held] + [r["rejected"] for r, _ in held])
+    replies = [r["chosen"] for r, _ in held] + [r["rejected"] for r, _ in held]
+    got = judge.score([r["prompt"] for r, _ in held] * 2, replies)
     want = top.scores(trained, [s for _, s in held])
     torch.testing.assert_close(torch.tensor(got), want.T.reshape(-1), atol=5e-2, rtol=5e-2)  # fp16 cache
 
