@@ -30,6 +30,7 @@ def test_help_is_fast_and_does_not_import_torch():
     assert "sft" in out.stdout and "validate" in out.stdout
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_console_script_reports_config_typo_with_exit_2(tmp_path):
     path = sft_yaml(tmp_path, tracking={"projct": "x"})
     out = subprocess.run([sys.executable, "-m", "align.cli", "sft", "--config", str(path)],

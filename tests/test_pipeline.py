@@ -55,6 +55,7 @@ def loss_steps(out):
     return [m["step"] for m in tracking.read_metrics(out) if "loss" in m]
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_sft_dpo_runs_skips_and_reruns_from_a_stage(tmp_path, tiny_model_dir, files, capsys):
     config = write(tmp_path, tiny_model_dir, [stage("sft", files), stage("dpo", files)])
     assert cli.main(["pipeline", "--config", config]) == 0
@@ -88,6 +89,7 @@ def test_sft_dpo_runs_skips_and_reruns_from_a_stage(tmp_path, tiny_model_dir, fi
     assert "beta: 0.3" in (run / "dpo" / "config.yaml").read_text()
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, files):
     config = write(tmp_path, tiny_model_dir, [stage("sft", files),
                                               stage("dpo", files, train={"max_steps": 4, "save_steps": 2})])

@@ -20,6 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_cli_end_to_end_on_pairs_matches_independent_metrics(tmp_path, pairs_file, tiny_model_dir, policy_dir,
                                                             tiny_reward_model_dir, capsys):
     out = tmp_path / "eval"

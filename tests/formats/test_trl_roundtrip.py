@@ -54,6 +54,7 @@ def test_trl_data_utils_accept_every_kind(shared_data, tokenizer):
                 assert rendered["prompt"].endswith("<|im_start|>assistant\n"), name
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_dpo_and_sft_trainers_prepare_canonical_rows(tiny_model_dir, tokenizer, tmp_path):
     import datasets
     from transformers import AutoModelForCausalLM

@@ -70,6 +70,7 @@ def assert_key_not_written(root: Path) -> None:
     assert leaked == []
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_two_stage_pipeline_is_one_wandb_group_linked_by_artifacts(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -28,6 +29,7 @@ def make_cfg(out: Path, model_dir: Path, reward_dir: Path, steps: int, *override
     return config.load_config(PPOConfig, None, list(overrides), base=base)
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_a_checkpoint_written_after_a_resume_resumes_exactly(tmp_path, tiny_model_dir, tiny_reward_model_dir):
     straight = stages.run("ppo", make_cfg(tmp_path / "a", tiny_model_dir, tiny_reward_model_dir, 4)).output_dir
 

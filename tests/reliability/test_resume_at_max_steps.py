@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import CONVERSATIONS, messages
@@ -25,6 +26,7 @@ def make_cfg(tmp_path, model_dir, *overrides: str) -> SFTConfig:
     return config.load_config(SFTConfig, None, list(overrides), base=base)
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_resuming_from_the_last_step_does_not_train_again(tmp_path, tiny_model_dir):
     first = stages.run("sft", make_cfg(tmp_path, tiny_model_dir))
     out = first.output_dir

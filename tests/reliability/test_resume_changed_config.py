@@ -22,6 +22,7 @@ def rates(out) -> dict[int, float]:
     return {row["step"]: row["learning_rate"] for row in tracking.read_metrics(out) if "learning_rate" in row}
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_the_nan_advice_works(tmp_path, tiny_model_dir, capsys):
     """Warmed up to a learning rate of 160 over 4 of 8 steps, the tiny model's loss goes non-finite at step 4 (3 or
     4: where exactly a diverging run overflows can differ between CPUs), after checkpoint-2. Resumed at the same rate

@@ -48,6 +48,7 @@ def console_messages(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line]
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_report_renders_in_chromium_without_console_messages_and_every_image_loads(hand_made_run, tmp_path):
     report = run(ReportConfig(run_dir=str(hand_made_run), out=str(tmp_path / "report.html")))
     page = report.read_text(encoding="utf-8")

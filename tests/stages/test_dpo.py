@@ -100,6 +100,7 @@ def _decoder_layers() -> int:
     return sum(isinstance(o, LlamaDecoderLayer) for o in gc.get_objects())
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_dpo_lora_reference_is_the_policy_with_adapter_disabled(tmp_path, tiny_model_dir, pair_files):
     cfg = make_cfg(tmp_path, tiny_model_dir, pair_files, "model.lora.enabled=true", "model.lora.rank=4",
                    "train.max_steps=2")

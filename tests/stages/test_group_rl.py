@@ -72,6 +72,7 @@ def weights(path) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in AutoModelForCausalLM.from_pretrained(path).named_parameters()}
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_grpo_sums_weighted_rewards_logs_each_by_name_and_moves_the_policy(make_cfg, rules, tiny_model_dir,
                                                                             tiny_reward_model_dir, stage_plots):
     cfg = make_cfg("grpo", "tracking.completions_every=1", "tracking.completions_prompts=2", "beta=0.1",
@@ -215,6 +216,7 @@ def test_a_run_saved_before_a_reward_key_existed_resumes(make_cfg, tmp_path):
     assert stages.run("grpo", make_cfg("grpo", "train.max_steps=3", "train.resume=true")).metrics["steps"] == 3
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_align_eval_scores_a_grpo_output_with_a_rule(make_cfg, rules, prompts, tiny_model_dir, tmp_path):
     out = stages.run("grpo", make_cfg("grpo")).output_dir
     code = cli.main(["eval", "--policy", str(out), "--reference", str(tiny_model_dir), "--data", str(prompts),
@@ -325,6 +327,7 @@ def test_a_reward_model_failing_the_probe_stops_grpo_before_training(make_cfg, t
     assert not list(out.glob("checkpoint-*")) and not (out / "summary.json").exists(), "nothing trained"
 
 
+@pytest.mark.slow  # 2-4 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_the_probe_override_records_it_and_a_resumed_run_does_not_probe_again(make_cfg, tmp_path, monkeypatch,
                                                                              tiny_reward_model_dir):
     from align.probe import gate

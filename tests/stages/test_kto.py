@@ -137,6 +137,7 @@ def test_kto_precomputed_reference_log_probs_are_cached(tmp_path, tiny_model_dir
     assert stored.is_file()
 
 
+@pytest.mark.slow  # 4-8 s; keeps the default suite under 3 minutes (CI runs slow tests too)
 def test_kto_resume_continues_exactly(tmp_path, tiny_model_dir):
     """2 steps, then resumed to 4 from checkpoint-2: the same weights as 4 steps in one go (the rows' shuffle is
     seeded, and TRL reads them in order, so the resumed run sees the same batches)."""
