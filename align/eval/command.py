@@ -221,7 +221,8 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
     judge = baseline = reference_tokenizer = None
     if reference is not None:
         reference_tokenizer, model = load_policy(reference, device)
-        judge = judges.make_judge(spec, rule, reference_tokenizer, device, cfg.batch_size)
+        judge = judges.make_judge(spec, rule, reference_tokenizer, device, cfg.batch_size,
+                                   cfg.judge_max_length)
         prompts = [row["prompt"] for row in data.pairs]
         with progress_bar(reference.name, rows_to_pass(data, judge, compared=False) + 2 * len(data.pairs)) as bar:
             result, generated = evaluate_model(cfg, data, model, reference_tokenizer, judge, None, bar.update)
@@ -244,7 +245,8 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
             models.check_same_vocabulary(reference_tokenizer, tokenizer, other=candidate.path,
                                          against=f"the reference {reference.path}", chat_template=True,
                                          why="log-probs of the same text cannot be compared across them")
-        judge = judge or judges.make_judge(spec, rule, tokenizer, device, cfg.batch_size)
+        judge = judge or judges.make_judge(spec, rule, tokenizer, device, cfg.batch_size,
+                                           cfg.judge_max_length)
         log.info("evaluating %s", candidate.path)
         with progress_bar(candidate.name, rows_to_pass(data, judge, compared=baseline is not None)) as bar:
             result, generated = evaluate_model(cfg, data, model, tokenizer, judge, baseline, bar.update)

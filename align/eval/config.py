@@ -24,6 +24,8 @@ class EvalConfig:
     """The reference policy (the DPO/PPO reference, usually the SFT output). Pipeline runs: the first stage."""
     judge: str | None = None
     """reward:DIR (a reward model) or rule:module:function / rule:path.py:function (fn(prompts, completions))."""
+    judge_max_length: int = 1024
+    """Tokens of prompt + reply a reward:DIR judge reads; longer texts lose their start (the reply's end stays)."""
     out: str | None = None
     """Where the report goes (default: <policy>/eval)."""
     max_new_tokens: int = 128
@@ -49,7 +51,7 @@ class EvalConfig:
 
     def check(self) -> list[str]:
         problems = []
-        for name in ("max_new_tokens", "num_samples", "batch_size", "bootstrap_samples"):
+        for name in ("max_new_tokens", "num_samples", "batch_size", "bootstrap_samples", "judge_max_length"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
         if self.num_threads < 0:

@@ -34,23 +34,32 @@ def load_rule(target: str) -> reward_functions.RewardFunction:
 
 
 class RewardModelJudge:
-    """Scores replies with a one-label sequence classifier: logits[0] at the reply's EOS (see chat.reward_text)."""
+    """Scores replies with a one-label sequence classifier: logits[0] at the reply's EOS (see chat.reward_text).
 
-    def __init__(self, model, tokenizer, batch_size: int):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    With `max_length`, a longer text keeps only its last `max_length` tokens: the reply's end and its EOS, the token
+    scored, always stay, and a long multi-turn conversation costs no more than `max_length` tokens. `truncated`
+    counts the texts that lost their start.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int, max_length: int | None = None):
+        self.model, self.tokenizer, self.batch_size, self.max_length = model, tokenizer, batch_size, max_length
+        self.truncated = 0
 
     @classmethod
-    def load(cls, path: str, device: str, batch_size: int) -> RewardModelJudge:
+    def load(cls, path: str, device: str, batch_size: int, max_length: int | None = None) -> RewardModelJudge:
         cfg = ModelConfig(name_or_path=path)
         tokenizer = models.load_tokenizer(cfg)
         model = models.load_sequence_classifier(cfg, pad_token_id=tokenizer.pad_token_id)
-        return cls(model.to(device).eval(), tokenizer, batch_size)
+        return cls(model.to(device).eval(), tokenizer, batch_size, max_length)
 
     def score(self, prompts: list[list[dict]], replies: list[list[dict]], progress: Progress | None = None) -> list[float]:
         import torch
 
         rows = [self.tokenizer(chat.reward_text(self.tokenizer, prompt, reply), add_special_tokens=False)["input_ids"]
                 for prompt, reply in zip(prompts, replies, strict=True)]
+        if self.max_length is not None:
+            self.truncated += sum(len(ids) > self.max_length for ids in rows)
+            rows = [ids[-self.max_length:] for ids in rows]
         scores: list[float] = []
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
@@ -90,10 +99,10 @@ class RuleJudge:
 
 
 def make_judge(spec: JudgeSpec | None, rule: reward_functions.RewardFunction | None, tokenizer, device: str,
-               batch_size: int):
+               batch_size: int, max_length: int | None = None):
     """The judge a spec names; a rule renders prompts with the policies' (shared) tokenizer."""
     if spec is None:
         return None
     if rule is not None:
         return RuleJudge(rule, tokenizer)
-    return RewardModelJudge.load(spec.target, device, batch_size)
+    return RewardModelJudge.load(spec.target, device, batch_size, max_length)

@@ -27,8 +27,13 @@ def run(cfg: ProbeConfig) -> results.ProbeResult:
     out = Path(cfg.out) if cfg.out else Path(cfg.reward_model) / "probe"
     config.save_config(cfg, out)
     judge = judges.RewardModelJudge.load(models.resolve_path(cfg.reward_model), models.device(),
-                                    cfg.batch_size)
+                                         cfg.batch_size, cfg.max_length)
     log.info("probing %s on the chosen replies of %d pairs from %s", cfg.reward_model, len(pairs), cfg.data)
-    return scoring.score_and_write(judge, [p["prompt"] for p in pairs], [reply_text(p["chosen"]) for p in pairs],
-                                   reward_model=cfg.reward_model, threshold=cfg.threshold, out=out,
-                                   batch_size=cfg.batch_size, bootstrap_samples=cfg.bootstrap_samples, seed=cfg.seed)
+    result = scoring.score_and_write(judge, [p["prompt"] for p in pairs], [reply_text(p["chosen"]) for p in pairs],
+                                     reward_model=cfg.reward_model, threshold=cfg.threshold, out=out,
+                                     batch_size=cfg.batch_size, bootstrap_samples=cfg.bootstrap_samples,
+                                     seed=cfg.seed)
+    if judge.truncated:
+        log.info("%d scored texts were over max_length=%d tokens and lost their start", judge.truncated,
+                 cfg.max_length)
+    return result

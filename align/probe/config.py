@@ -26,6 +26,8 @@ class ProbeConfig:
     """raise: stop at malformed rows, naming file, row and reason. skip: drop them and count them in the report."""
     batch_size: int = 8
     """Replies per forward pass."""
+    max_length: int = 1024
+    """Tokens of prompt + reply the reward model reads; longer texts lose their start (the reply's end stays)."""
     bootstrap_samples: int = 1000
     """Resamples for each variant's confidence interval."""
     seed: int = 0
@@ -35,7 +37,7 @@ class ProbeConfig:
 
     def check(self) -> list[str]:
         problems = []
-        for name in ("num_samples", "batch_size", "bootstrap_samples"):
+        for name in ("num_samples", "batch_size", "max_length", "bootstrap_samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.threshold <= 1:

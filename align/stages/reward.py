@@ -137,7 +137,7 @@ def _held_out_checks(cfg: RewardConfig, pairs: list[dict], origins: list[str],
 
         prompts = [row["prompt"] for row in pairs]
         device = models.device()
-        judge = judges.RewardModelJudge.load(str(out), device, cfg.train.batch_size)
+        judge = judges.RewardModelJudge.load(str(out), device, cfg.train.batch_size, cfg.train.max_length)
         chosen, rejected = (judge.score(prompts, [row[side] for row in pairs]) for side in ("chosen", "rejected"))
         starting = models.load_causal_lm(cfg.model, models.resolve_path(cfg.model.name_or_path)).to(device).eval()
         table = rankings.table(pairs, origins, {MODEL_RANKING: baselines.outcomes(chosen, rejected)},

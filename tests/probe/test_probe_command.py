@@ -33,3 +33,17 @@ def test_probe_writes_every_variant_with_the_judges_own_scores(tmp_path, tiny_re
     low, high = written["variants"]["empty"]["ci"]
     assert low <= wins <= high
     assert (out / "config.yaml").is_file() and "| empty |" in (out / "probe.md").read_text()
+
+
+def test_probe_max_length_cuts_long_texts_and_says_how_many(tmp_path, tiny_reward_model_dir, caplog):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:2])
+    scores = {}
+    for limit in (1024, 6):
+        out = tmp_path / f"probe{limit}"
+        with caplog.at_level("INFO", logger="align.probe.command"):
+            cli.main(["probe", str(tiny_reward_model_dir), "--data", str(pairs), "--out", str(out),
+                      "--max-length", str(limit), "bootstrap_samples=10"])
+        scores[limit] = json.loads((out / "probe.json").read_text())["variants"]["filler"]["mean_margin"]
+    # Every tiny conversation is longer than 6 tokens: the cut changes what the reward model reads.
+    assert "texts were over max_length=6 tokens and lost their start" in caplog.text
+    assert "max_length=1024" not in caplog.text and scores[6] != scores[1024]

@@ -127,7 +127,7 @@ def _probe_reward_model(cfg: PPOConfig, reward: PreTrainedModel | reward_functio
         written = out / results.PROBE_FILE
         return json.loads(written.read_text(encoding="utf-8")) if written.is_file() else None
     return gate.check_reward_model(
-        judges.RewardModelJudge(reward, tokenizer, cfg.ppo.micro_batch), policy, tokenizer,
+        judges.RewardModelJudge(reward, tokenizer, cfg.ppo.micro_batch, cfg.train.max_length), policy, tokenizer,
         [row["prompt"] for row in stage_data.train[:cfg.reward_model.probe_prompts]],
         name=cfg.reward_model.name_or_path, threshold=cfg.reward_model.probe_threshold,
         max_new_tokens=cfg.ppo.response_length, out=out, batch_size=cfg.ppo.micro_batch, seed=cfg.train.seed,
