@@ -278,7 +278,8 @@ def render(args, variants, timings, load, runs) -> str:
              "`gc.collect()` calls per update patched out (medians of the rounds below). The models are tiny, so "
              "this measures per-update overhead more than arithmetic."),
              ("* Parity needs `ppo.trl_parity: true` (TRL's temperature + 1e-7, pad tokens may be sampled, prompts "
-             "shuffled by the global torch generator, approxkl/entropy/ratio averaged over padding), "
+             "shuffled by the global torch generator, approxkl/entropy/ratio averaged over padding, the training "
+             "pass's logits at every position), "
              "`ppo.score_index: after_eos` and `train.max_grad_norm: 0`, plus TRL's numpy RNG seeded like ours. "
              "Everything else is the stage's normal code path."), "",
              "## Setup", "",

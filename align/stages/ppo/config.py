@@ -77,7 +77,8 @@ class PPOSection:
     """Every N updates, write prompts, completions and scores to <output_dir>/samples.jsonl (and W&B); 0: never."""
     trl_parity: bool = False
     """Reproduce TRL 1.12's metrics bit for bit: temperature + 1e-7, the pad may be sampled, prompts shuffled by
-    the global torch generator, approxkl/entropy/ratio averaged over padding. Needs score_index=after_eos and
+    the global torch generator, approxkl/entropy/ratio averaged over padding, the training pass's logits computed
+    at every position (their gradient's rounding). Needs score_index=after_eos and
     train.max_grad_norm=0. See benchmarks/PPO_PARITY.md."""
 
     def check(self) -> list[str]:

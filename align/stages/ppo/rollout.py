@@ -103,17 +103,30 @@ def token_scores(model, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return model.score(hidden).squeeze(-1)
 
 
-class PolicyAndValue(torch.nn.Module):
-    """Policy and value model as one module, so one DDP wrapper syncs both and one optimizer steps both."""
+def response_positions(ids: torch.Tensor, context: int) -> int:
+    """How many final positions' logits a `[prompt | response]` row needs: the last prompt token's, which predicts
+    the first response token, and every response token's (the very last one's is dropped after). The language-model
+    head then runs on these rows only: the full vocabulary at every prompt position was a pass's largest tensor.
+    The logits kept equal a full pass's bit for bit; their gradient differs in the last bits (fewer rows summed)."""
+    return ids.size(1) - context + 1
 
-    def __init__(self, policy, value_model):
+
+class PolicyAndValue(torch.nn.Module):
+    """Policy and value model as one module, so one DDP wrapper syncs both and one optimizer steps both.
+    `full_logits` runs the language-model head at every position, as TRL 1.12 does (ppo.trl_parity): its weight
+    gradient then sums the same rows in the same order."""
+
+    def __init__(self, policy, value_model, full_logits: bool = False):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
+        self.full_logits = full_logits
 
     def forward(self, ids: torch.Tensor, context: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Response-aligned (B, T, V) policy logits and (B, T) values for `[prompt | response]` rows."""
-        logits = self.policy(**masked_inputs(ids, pad_id), use_cache=False).logits[:, context - 1:-1]
+        keep = response_positions(ids, context)
+        logits = self.policy(**masked_inputs(ids, pad_id), use_cache=False,
+                             logits_to_keep=0 if self.full_logits else keep).logits[:, -keep:-1]  # 0: every position
         values = token_scores(self.value_model, ids, pad_id)[:, context - 1:-1]
         return logits, values
 
@@ -208,13 +221,14 @@ def rollout(sampler: Sampler, policy, reference, value_model, reward, tokenizer,
 
 
 def _reference_logprobs(sampler: Sampler, policy, reference, ids, responses, context) -> torch.Tensor:
-    inputs = masked_inputs(ids, sampler.pad_id)
+    inputs = {**masked_inputs(ids, sampler.pad_id), "use_cache": False,
+              "logits_to_keep": response_positions(ids, context)}
     if reference is None:
         with policy.disable_adapter():
-            logits = policy(**inputs, use_cache=False).logits
+            logits = policy(**inputs).logits
     else:
-        logits = reference(**inputs, use_cache=False).logits
-    logits = tempered(logits[:, context - 1:-1], sampler.temperature, sampler.suppressed_id)
+        logits = reference(**inputs).logits
+    logits = tempered(logits[:, :-1], sampler.temperature, sampler.suppressed_id)
     return rl.logprobs_from_logits(logits, responses)
 
 

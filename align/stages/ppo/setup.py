@@ -93,7 +93,7 @@ def build(cfg: PPOConfig, resume_from: str | None = None) -> PPOBuild:
         1, int(cfg.train.epochs * (len(prompts) // rollout_batch)))
     scheduler = transformers.get_scheduler(cfg.train.lr_scheduler, optimizer, num_training_steps=total,
                                            num_warmup_steps=math.ceil(cfg.train.warmup_ratio * total))
-    model = accelerator.prepare_model(PolicyAndValue(policy, value_model))
+    model = accelerator.prepare_model(PolicyAndValue(policy, value_model, full_logits=ppo_cfg.trl_parity))
     for frozen in (reference, reward):
         if isinstance(frozen, torch.nn.Module):
             frozen.to(accelerator.device)

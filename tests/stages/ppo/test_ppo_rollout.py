@@ -41,3 +41,28 @@ def test_pad_is_never_sampled_even_when_it_is_the_likeliest_token(tmp_path, make
     assert pads == 0 and torch.isfinite(logprobs).all()
     parity_pads, _ = sampled_pads("ppo.trl_parity=true", "ppo.score_index=after_eos", "train.max_grad_norm=0")
     assert parity_pads > 20, "the control: without suppression this policy samples pad a lot"
+
+
+def test_response_logits_equal_a_full_pass_bit_for_bit(tmp_path, make_cfg, tiny_model_dir, reward_file):
+    """The policy and the reference run the language-model head on the response positions only (trl_parity's
+    training pass on all of them); what they return equals slicing a full pass, exactly."""
+    cfg = make_cfg(tmp_path, tiny_model_dir, "ppo.response_length=6", function=f"{reward_file}:half")
+    parts = setup.build(cfg)
+    queries, _ = generation.padded(parts.prompts.next(), parts.sampler.pad_id, torch.device("cpu"), side="left")
+    context = queries.size(1)
+    torch.manual_seed(0)
+    ids = torch.cat([queries, torch.randint(3, 40, (queries.size(0), 6))], dim=1)
+    inputs = rollout.masked_inputs(ids, parts.sampler.pad_id)
+    with torch.no_grad():
+        full = parts.policy(**inputs, use_cache=False).logits[:, context - 1:-1]
+        logits, values = rollout.PolicyAndValue(parts.policy, parts.value_model)(ids, context, parts.sampler.pad_id)
+        parity, _ = rollout.PolicyAndValue(parts.policy, parts.value_model, full_logits=True)(
+            ids, context, parts.sampler.pad_id)
+        ref = rollout._reference_logprobs(parts.sampler, parts.policy, parts.reference, ids, ids[:, context:],
+                                          context)
+        ref_full = rl.logprobs_from_logits(
+            rollout.tempered(parts.reference(**inputs, use_cache=False).logits[:, context - 1:-1],
+                             parts.sampler.temperature, parts.sampler.suppressed_id), ids[:, context:])
+    assert logits.shape == (ids.size(0), 6, full.size(-1)) and values.shape == (ids.size(0), 6)
+    assert torch.equal(logits, full) and torch.equal(parity, full) and torch.equal(ref, ref_full)
+    assert rollout.response_positions(ids, context) == 7
