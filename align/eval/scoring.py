@@ -9,21 +9,28 @@ from align import chat, generation
 from align.generation import Progress
 
 
-def token_logprobs(model, rows: list[list[int]], pad_id: int, batch_size: int,
+def token_logprobs(model, rows: list[list[int]], pad_id: int, batch_size: int, starts: list[int],
                    progress: Progress | None = None) -> list[Any]:
-    """Per row, the (L - 1,) log-probs of tokens 1..L-1 given the tokens before them (temperature 1)."""
+    """Per row, the log-probs (temperature 1) of tokens `start + 1 .. L - 1`, each given the tokens before it.
+
+    Only what is asked for is computed: the model's head runs from the batch's smallest `start` on, so a long
+    prompt before a short reply costs its forward pass but not its full-vocabulary logits.
+    """
     import torch
 
     from align import rl
 
     out = []
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
+        for begin in range(0, len(rows), batch_size):
+            batch, firsts = rows[begin:begin + batch_size], starts[begin:begin + batch_size]
             ids, mask = generation.padded(batch, pad_id, model.device, side="right")
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            logprobs = rl.logprobs_from_logits(logits[:, :-1], ids[:, 1:]).cpu()
-            out.extend(row_logprobs[:len(row) - 1] for row, row_logprobs in zip(batch, logprobs))
+            first = min(firsts)
+            positions = torch.arange(first, ids.size(1) - 1, device=ids.device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=positions).logits
+            logprobs = rl.logprobs_from_logits(logits, ids[:, first + 1:]).cpu()
+            out.extend(row_logprobs[start - first:len(row) - 1 - first]
+                       for row, start, row_logprobs in zip(batch, firsts, logprobs, strict=True))
             if progress:
                 progress(len(batch))
     return out
@@ -41,12 +48,15 @@ def reply_logps_and_lengths(model, tokenizer, prompts: list[list[dict]], replies
     """`reply_logps`, and how many tokens each sum covers (for per-token averages)."""
     encoded = [chat.tokenize_sft_row(tokenizer, {"prompt": prompt, "completion": reply})
                for prompt, reply in zip(prompts, replies, strict=True)]
+    # Log-prob index t scores token t + 1; a row's scores start where its first labelled token is predicted.
+    starts = [next((t - 1 for t, label in enumerate(enc["labels"]) if label != chat.IGNORE_INDEX and t > 0),
+                   len(enc["input_ids"]) - 1) for enc in encoded]
     logprobs = token_logprobs(model, [enc["input_ids"] for enc in encoded], tokenizer.pad_token_id, batch_size,
-                              progress)
+                              starts, progress)
     sums, lengths = [], []
-    for enc, row in zip(encoded, logprobs):
-        trained = [label != chat.IGNORE_INDEX for label in enc["labels"][1:]]
-        sums.append(float(sum(lp for lp, keep in zip(row.tolist(), trained) if keep)))
+    for enc, start, row in zip(encoded, starts, logprobs, strict=True):
+        trained = [label != chat.IGNORE_INDEX for label in enc["labels"][start + 1:]]
+        sums.append(float(sum(lp for lp, keep in zip(row.tolist(), trained, strict=True) if keep)))
         lengths.append(sum(trained))
     return sums, lengths
 
@@ -66,10 +76,7 @@ def kl_per_sample(policy, reference, generated: generation.Generated, pad_id: in
     from align import rl
 
     rows = [prompt + response for prompt, response in zip(generated.prompt_ids, generated.responses, strict=True)]
-    policy_lp = token_logprobs(policy, rows, pad_id, batch_size, progress)
-    reference_lp = token_logprobs(reference, rows, pad_id, batch_size, progress)
-    out = []
-    for prompt, lp, ref_lp in zip(generated.prompt_ids, policy_lp, reference_lp):
-        reply = slice(len(prompt) - 1, None)  # log-prob index t scores token t + 1
-        out.append(float(rl.kl_estimate(lp[reply], ref_lp[reply], estimator).sum()))
-    return out
+    starts = [len(prompt) - 1 for prompt in generated.prompt_ids]  # the last prompt token predicts the first reply token
+    policy_lp = token_logprobs(policy, rows, pad_id, batch_size, starts, progress)
+    reference_lp = token_logprobs(reference, rows, pad_id, batch_size, starts, progress)
+    return [float(rl.kl_estimate(lp, ref_lp, estimator).sum()) for lp, ref_lp in zip(policy_lp, reference_lp)]

@@ -18,6 +18,17 @@ def test_reply_logps_match_plain_forward_passes(tiny_model_dir):
     assert ours == pytest.approx(expected, abs=1e-4)
 
 
+def test_reply_logps_in_a_batch_whose_prompts_differ_in_length(tiny_model_dir):
+    """The head runs from the shortest prompt's end on; a longer prompt's row starts later within those positions."""
+    tokenizer, model = load(tiny_model_dir)
+    rows = [(PAIRS[0][0] + " " + " ".join(p for p, _, _ in PAIRS), PAIRS[0][1]), (PAIRS[1][0], PAIRS[1][1] * 3)]
+    ours, lengths = scoring.reply_logps_and_lengths(model, tokenizer, [message("user", p) for p, _ in rows],
+                                                    [message("assistant", c) for _, c in rows], batch_size=2)
+    assert ours == pytest.approx([plain_reply_logp(model, tokenizer, p, c) for p, c in rows], abs=1e-4)
+    replies = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for _, c in rows]  # with the EOS
+    assert lengths == replies
+
+
 def test_kl_per_sample_matches_k3_by_hand(tiny_model_dir, policy_dir):
     import torch
 
