@@ -264,6 +264,8 @@ def evaluate(cfg: EvalConfig, built: EvalBuild) -> tuple[dict[str, Any], list[di
             judged_rejected = judge.score(prompts, [row["rejected"] for row in data.pairs], bar.update)
         report["judge"]["pairs"] = metrics.judge_pair_metrics(judged_chosen, judged_rejected)
         pair_rankings[JUDGE_RANKING] = baselines.outcomes(judged_chosen, judged_rejected)
+    if isinstance(judge, judges.RewardModelJudge):
+        report["judge"]["truncated"] = judge.truncated  # texts over judge_max_length, scored on their last tokens
     if pair_rankings:
         report["baselines"] = baselines.table(pair_rankings, [cfg.data] * len(data.pairs), partial(
             metrics.bootstrap_ci, samples=cfg.bootstrap_samples, seed=cfg.seed))

@@ -57,7 +57,7 @@ def test_cli_end_to_end_on_pairs_matches_independent_metrics(tmp_path, pairs_fil
     reward_model = plain_reward_model(tiny_reward_model_dir)
     chosen_wins = [plain_reward(reward_model, tokenizer, p, c) > plain_reward(reward_model, tokenizer, p, r)
                    for p, c, r in PAIRS[:4]]
-    assert report["judge"]["pairs"]["accuracy"] == sum(chosen_wins) / 4
+    assert report["judge"]["pairs"]["accuracy"] == sum(chosen_wins) / 4 and report["judge"]["truncated"] == 0
 
     # Baselines on the same pairs, by hand: length heuristics, the reference's own log-prob ranking.
     table = report["baselines"]["all"]
@@ -239,8 +239,10 @@ def test_every_pass_shows_progress_that_ends_at_its_total(tmp_path, pairs_file, 
     monkeypatch.setattr(command, "progress_bar", Bar)
     cfg = EvalConfig(policy=str(policy_dir), reference=str(tiny_model_dir), data=str(pairs_file),
                      judge=f"reward:{tiny_reward_model_dir}", out=str(tmp_path / "eval"), max_new_tokens=4,
-                     num_samples=3, batch_size=2)
-    command.run(cfg)
+                     num_samples=3, batch_size=2, judge_max_length=6)
+    result = command.run(cfg)
+    # Every text the judge read was longer than 6 tokens: 3 replies of each model and both sides of 3 pairs.
+    assert result.report["judge"]["truncated"] == 3 + 3 + 2 * 3
     assert [(bar.name, bar.total) for bar in bars] == [
         (tiny_model_dir.name, 3 + 3 + 2 * 3), (policy_dir.name, 3 + 3 + 2 * 3 + 2 * 3), ("judge on pairs", 2 * 3)]
     assert all(bar.n == bar.total for bar in bars)
