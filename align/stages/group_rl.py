@@ -122,7 +122,8 @@ def build(cfg: GroupRLConfig, tracker: Tracker, trl_config: str, trl_trainer: st
     model_path = models.resolve_path(cfg.model.name_or_path)
     tokenizer = models.load_tokenizer(cfg.model, model_path)
     labels = reward_labels(cfg.rewards)
-    reward_judges = [_judge(spec, i, tokenizer, cfg.train.batch_size) for i, spec in enumerate(cfg.rewards)]
+    reward_judges = [_judge(spec, i, tokenizer, cfg.train.batch_size, cfg.train.max_length)
+                     for i, spec in enumerate(cfg.rewards)]
 
     stage_data = data.load(cfg.data, "prompt")
     budget = cfg.train.max_length - cfg.max_completion_length
@@ -184,12 +185,14 @@ def reward_labels(specs: list[RewardSpec]) -> list[str]:
     return labels
 
 
-def _judge(spec: RewardSpec, index: int, tokenizer, batch_size: int) -> judges.RuleJudge | judges.RewardModelJudge:
-    """The rule or reward model a reward spec names, as align eval's judges score (align.eval.judges)."""
+def _judge(spec: RewardSpec, index: int, tokenizer, batch_size: int,
+           max_length: int) -> judges.RuleJudge | judges.RewardModelJudge:
+    """The rule or reward model a reward spec names, as align eval's judges score (align.eval.judges); a reward
+    model reads at most `max_length` tokens, as PPO's does (only the probe's padded variants can be longer)."""
     if spec.function:
         option = f"rewards[{index}].function"
         return judges.RuleJudge(reward_functions.load(spec.function, option), tokenizer, option=option)
-    return judges.RewardModelJudge.load(spec.name_or_path, models.device(), batch_size)
+    return judges.RewardModelJudge.load(spec.name_or_path, models.device(), batch_size, max_length)
 
 
 def _reward_function(judge: judges.RuleJudge | judges.RewardModelJudge, label: str):

@@ -13,6 +13,7 @@ import yaml
 
 from align import cli, config, pipeline, stages
 from align.errors import ConfigError
+from align.eval import judges
 from align.observe import tracking
 from align.stages import group_rl
 
@@ -356,3 +357,12 @@ def test_each_of_several_reward_models_is_probed_into_its_own_dir(make_cfg, tmp_
     probes = {label: json.loads((out / f"probe-{label}" / "probe.json").read_text()) for label in (name, f"{name}_2")}
     assert all(probe["pairs"] == 2 for probe in probes.values()) and not (out / "probe.json").exists()
     assert json.loads((out / "summary.json").read_text())["probe"] == probes
+
+
+def test_a_reward_model_reads_at_most_train_max_length_tokens(tiny_reward_model_dir):
+    """As PPO's: a text over the limit (a probe's padded variant) is scored on its last tokens, its EOS kept."""
+    judge = group_rl._judge(group_rl.RewardSpec(name_or_path=str(tiny_reward_model_dir)), 0, None, 2, 8)
+    prompt, reply = [{"role": "user", "content": WORDS[0]}], [{"role": "assistant", "content": SENTENCE}]
+    cut = judge.score([prompt], [reply])
+    assert judge.max_length == 8 and judge.truncated == 1
+    assert cut != judges.RewardModelJudge.load(str(tiny_reward_model_dir), "cpu", 2).score([prompt], [reply])
