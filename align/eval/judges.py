@@ -99,7 +99,7 @@ class RuleJudge:
 
 
 def make_judge(spec: JudgeSpec | None, rule: reward_functions.RewardFunction | None, tokenizer, device: str,
-               batch_size: int, max_length: int | None = None):
+               batch_size: int, max_length: int):
     """The judge a spec names; a rule renders prompts with the policies' (shared) tokenizer."""
     if spec is None:
         return None
