@@ -1,8 +1,9 @@
 """A reward model for HH-RLHF from frozen SmolLM2 features: one forward pass per pair, a linear head per depth.
 
-Two steps, so the expensive one runs once:
+Two steps, so the expensive one runs once, and an optional one between them:
 
     python examples/hh_rlhf_reward_head.py extract --out runs/hh_rm   # one forward pass per pair (see the docs)
+    python examples/hh_rlhf_reward_head.py negatives --out runs/hh_rm # optional: one pass per stock negative
     python examples/hh_rlhf_reward_head.py fit --out runs/hh_rm       # seconds: pick, fit, score, export
 
 `extract` reads the helpful-base and harmless-base test files as they come (no length filter), groups pairs by their
@@ -13,11 +14,17 @@ keeps the normalised hidden state at that EOS after every third block. The chose
 their prompt, which is run once and its cache reused for both replies. Progress is saved every 50 pairs, so a killed
 run continues where it stopped.
 
-`fit` chooses the depth and the L2 strength by 5-fold cross-validation on the training pairs only (folds keep an
-opening question's pairs together), fits a Bradley-Terry logistic head at that depth, prints the held-out accuracy
-per source beside the length heuristics with 95% intervals, and writes the model: the first blocks up to that depth,
-the final norm and the head as the score layer, a standard sequence classifier that `align probe`, `align eval
---judge reward:DIR` and PPO's `reward_model` load (docs/results_hh_rlhf.md has the figures and the time).
+`negatives` adds, for each training pair whose chosen reply helped with a helpful-base request, the same prompt
+answered by a stock refusal (and, where a harmless-base chosen reply declined, by stock eager compliance), to be
+ranked below the chosen reply: pairs the data rarely shows, which `align probe` found the head getting wrong.
+
+`fit` chooses the depth, the L2 strength and the negatives' weight by 5-fold cross-validation on the training pairs
+only (folds keep an opening question's pairs, and the negatives made from them, together), by the mean of the
+per-source accuracies or (`--choose margin`) by the worst source's margin over its better length heuristic; fits a
+Bradley-Terry logistic head at that depth, prints the held-out accuracy per source beside the length heuristics with
+95% intervals, and writes the model: the first blocks up to that depth, the final norm and the head as the score
+layer, a standard sequence classifier that `align probe`, `align eval --judge reward:DIR` and PPO's `reward_model`
+load (docs/results_hh_rlhf.md has the figures and the time).
 """
 
 from __future__ import annotations
@@ -35,9 +42,16 @@ from hh_rlhf_split import SHARED, SUBSETS, opening  # the same files, sources an
 import data_formats
 from align import chat, models
 from align.eval import baselines, metrics
+from align.probe.variants import is_refusal
 from align.sections import ModelConfig
 
 SAVE_EVERY = 50
+# Worded unlike align/probe/variants.py's refusal and compliance, so that `align probe` does not test a head on the
+# very texts it was fitted against.
+REFUSALS = ("I apologize, but I am unable to assist with that.",
+            "Unfortunately, I cannot provide help with this topic.",
+            "That is not something I can help with, sorry.")
+COMPLIANCE = "Of course! I'd be glad to help you with that. Here's what you should do."
 
 
 def split(data: Path, held_out: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -143,6 +157,50 @@ def extract(args: argparse.Namespace) -> None:
                   flush=True)
 
 
+def negative_reply(row: dict, n: int) -> str | None:
+    """A stock reply worse than the chosen one in a way the pairs rarely show: a refusal where the chosen reply
+    helped with a helpful-base request, eager compliance where it declined a harmless-base one; else None."""
+    declined = is_refusal(row["chosen"][-1]["content"])
+    if row["subset"] == "helpful-base" and not declined:
+        return REFUSALS[n % len(REFUSALS)]
+    if row["subset"] == "harmless-base" and declined:
+        return COMPLIANCE
+    return None
+
+
+def negatives(args: argparse.Namespace) -> None:
+    """The EOS states of a stock negative reply to each training pair's prompt (`negative_reply`), at the depths
+    `extract` kept; resumable like `extract`."""
+    rows, saved = load_features(args.out)
+    jobs = [(i, text) for n, (i, row) in enumerate((i, r) for i, r in enumerate(rows) if r["split"] == "train")
+            if (text := negative_reply(row, n)) is not None]
+    cfg = ModelConfig(name_or_path=saved["model"], dtype="fp32")
+    tokenizer = models.load_tokenizer(cfg, saved["model"])
+    model = models.frozen(models.load_causal_lm(cfg, saved["model"]))
+    store = args.out / "negatives.pt"
+    feats, done = torch.zeros(len(jobs), len(saved["layers"]), model.config.hidden_size), 0
+    if store.exists():
+        kept = torch.load(store)
+        if kept["rows"] != [i for i, _ in jobs] or kept["texts"] != [t for _, t in jobs]:
+            raise SystemExit(f"{store} was made from other pairs; remove it to start again")
+        feats[:kept["done"]], done = kept["features"][:kept["done"]], kept["done"]
+    started = time.perf_counter()
+    for j in range(done, len(jobs)):
+        row, text = rows[jobs[j][0]], jobs[j][1]
+        ids = tokenizer(chat.reward_text(tokenizer, row["prompt"], [{"role": "assistant", "content": text}]),
+                        add_special_tokens=False)["input_ids"][-saved["max_tokens"]:]
+        with torch.no_grad():
+            feats[j] = eos_states(model, ids, saved["layers"])
+        if (j + 1) % SAVE_EVERY == 0 or j + 1 == len(jobs):
+            tmp = store.with_suffix(".tmp")
+            torch.save({"rows": [i for i, _ in jobs], "texts": [t for _, t in jobs], "done": j + 1,
+                        "features": feats}, tmp)
+            tmp.replace(store)
+            rate = (time.perf_counter() - started) / (j + 1 - done)
+            print(f"{j + 1}/{len(jobs)} negatives, {rate:.2f} s each, ETA {rate * (len(jobs) - j - 1) / 60:.0f} min",
+                  flush=True)
+
+
 def load_features(out: Path) -> tuple[list[dict], dict]:
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text("utf-8").splitlines()]
     saved = torch.load(out / "features.pt")
@@ -151,15 +209,21 @@ def load_features(out: Path) -> tuple[list[dict], dict]:
     return rows, saved
 
 
-def fit_head(train: torch.Tensor, l2: float) -> torch.Tensor:
-    """Bradley-Terry logistic regression, (pairs, 2, hidden) -> weight: -log sigmoid(s_chosen - s_rejected) + L2."""
-    diff = train[:, 0] - train[:, 1]
+def fit_head(train: torch.Tensor, l2: float, negatives: torch.Tensor | None = None,
+             negative_weight: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry logistic regression, (pairs, 2, hidden) -> weight: -log sigmoid(s_chosen - s_rejected) + L2.
+    `negatives` (k, 2, hidden) are more (chosen, worse) pairs, each weighing `negative_weight` of a real pair."""
+    diff, weights = train[:, 0] - train[:, 1], torch.ones(len(train))
+    if negatives is not None and negative_weight > 0:
+        diff = torch.cat([diff, negatives[:, 0] - negatives[:, 1]])
+        weights = torch.cat([weights, torch.full((len(negatives),), negative_weight)])
     weight = torch.zeros(train.shape[-1], requires_grad=True)
     optimizer = torch.optim.LBFGS([weight], max_iter=500, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
         optimizer.zero_grad()
-        value = torch.nn.functional.softplus(-(diff @ weight)).mean() + l2 * weight.pow(2).sum() / 2
+        value = ((torch.nn.functional.softplus(-(diff @ weight)) * weights).sum() / weights.sum()
+                 + l2 * weight.pow(2).sum() / 2)
         value.backward()
         return value
 
@@ -172,13 +236,32 @@ def standardise(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(0), flat.std(0) + 1e-6
 
 
-def per_source(correct: torch.Tensor, sources: list[str]) -> float:
-    """The mean of the per-source accuracies, so neither source's length habit can carry the choice alone."""
-    return sum(correct[[s == name for s in sources]].float().mean().item() for name in SUBSETS) / len(SUBSETS)
+def by_source(correct: torch.Tensor, sources: list[str]) -> dict[str, float]:
+    return {name: correct[[s == name for s in sources]].float().mean().item() for name in SUBSETS}
 
 
-def cross_validate(feats: torch.Tensor, rows: list[dict], l2: float, folds: int) -> float:
-    """Grouped k-fold accuracy on training pairs: each opening question's pairs stay in one fold."""
+def length_bars(rows: list[dict]) -> dict[str, float]:
+    """Per source, the better length heuristic's accuracy on `rows` (a tie counts as a miss, as for the head)."""
+    bars = {}
+    for name in SUBSETS:
+        part = [r for r in rows if r["subset"] == name]
+        bars[name] = max(sum(o == 1 for o in baselines.length_outcomes(part, longer=longer)) / len(part)
+                         for longer in (True, False))
+    return bars
+
+
+def criterion(choose: str, accuracies: dict[str, float], bars: dict[str, float] | None = None) -> float:
+    """`mean`: the mean of the per-source accuracies, so neither source's length habit can carry the choice alone.
+    `margin`: the worst source's accuracy minus its better length heuristic, the bar the held-out pairs set."""
+    if choose == "mean":
+        return sum(accuracies.values()) / len(accuracies)
+    return min(accuracies[name] - bars[name] for name in accuracies)
+
+
+def cross_validate(feats: torch.Tensor, rows: list[dict], l2: float, folds: int, negatives: torch.Tensor | None = None,
+                   negative_rows: torch.Tensor | None = None, negative_weight: float = 0.0) -> dict[str, float]:
+    """Grouped k-fold accuracy per source on training pairs: each opening question's pairs stay in one fold, and
+    so do the negatives made from them (`negative_rows[j]` is the index in `rows` of negative pair j)."""
     order = sorted({opening(r) for r in rows})
     random.Random(2).shuffle(order)
     fold_of = {key: i % folds for i, key in enumerate(order)}
@@ -186,10 +269,25 @@ def cross_validate(feats: torch.Tensor, rows: list[dict], l2: float, folds: int)
     correct = torch.zeros(len(rows), dtype=torch.bool)
     for k in range(folds):
         mean, std = standardise(feats[fold != k])
-        weight = fit_head((feats[fold != k] - mean) / std, l2)
+        extra = None if negatives is None else (negatives[fold[negative_rows] != k] - mean) / std
+        weight = fit_head((feats[fold != k] - mean) / std, l2, extra, negative_weight)
         scores = ((feats[fold == k] - mean) / std) @ weight
         correct[fold == k] = scores[:, 0] > scores[:, 1]
-    return per_source(correct, [r["subset"] for r in rows])
+    return by_source(correct, [r["subset"] for r in rows])
+
+
+def load_negatives(out: Path, rows: list[dict], feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(negative pairs (k, 2, layers, hidden): the chosen reply's states beside the stock negative's, and the index
+    of each one's pair among the training pairs)."""
+    store = out / "negatives.pt"
+    if not store.exists():
+        raise SystemExit(f"{store} is missing; run the negatives step first, or fit with --negative-weight 0")
+    kept = torch.load(store)
+    if kept["done"] < len(kept["rows"]):
+        raise SystemExit(f"{store}: {kept['done']} of {len(kept['rows'])} negatives; run negatives again to finish")
+    position = {i: n for n, i in enumerate(i for i, r in enumerate(rows) if r["split"] == "train")}
+    chosen = feats[kept["rows"], 0]
+    return torch.stack([chosen, kept["features"]], 1), torch.tensor([position[i] for i in kept["rows"]])
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -199,19 +297,26 @@ def fit(args: argparse.Namespace) -> None:
     train_feats, held_feats = feats[train_at], feats[~train_at]
     train_rows = [r for r in rows if r["split"] == "train"]
     held = [r for r in rows if r["split"] == "held_out"]
+    negatives, negative_rows = (load_negatives(args.out, rows, feats) if any(args.negative_weight) else (None, None))
+    bars = length_bars(train_rows)
     started = time.perf_counter()
-    grid = {(layer, l2): cross_validate(train_feats[:, :, i], train_rows, l2, args.folds)
-            for i, layer in enumerate(layers) for l2 in args.l2}
-    layer, l2 = max(grid, key=grid.get)
-    print(f"cross-validation on {len(train_rows)} training pairs, mean of per-source accuracies "
-          f"({time.perf_counter() - started:.0f} s):")
+    accuracies = {(layer, l2, nw): cross_validate(
+        train_feats[:, :, i], train_rows, l2, args.folds, None if negatives is None else negatives[:, :, i],
+        negative_rows, nw) for i, layer in enumerate(layers) for l2 in args.l2 for nw in args.negative_weight}
+    grid = {key: criterion(args.choose, acc, bars) for key, acc in accuracies.items()}
+    layer, l2, negative_weight = max(grid, key=grid.get)
+    what = "mean of per-source accuracies" if args.choose == "mean" else "worst source's margin over length"
+    print(f"cross-validation on {len(train_rows)} training pairs, {what} ({time.perf_counter() - started:.0f} s):")
     for depth in layers:
-        print(f"  after block {depth:2d}: " + "  ".join(f"L2 {c:g} {grid[depth, c]:.3f}" for c in args.l2))
-    print(f"chosen: the state after block {layer}, L2 {l2:g}")
+        print(f"  after block {depth:2d}: " + "  ".join(f"L2 {c:g}{f' neg {w:g}' if any(args.negative_weight) else ''}"
+                                                      f" {grid[depth, c, w]:+.3f}"
+                                                      for c in args.l2 for w in args.negative_weight))
+    print(f"chosen: the state after block {layer}, L2 {l2:g}, negatives weighing {negative_weight:g}")
 
     index = layers.index(layer)
     mean, std = standardise(train_feats[:, :, index])
-    weight = fit_head((train_feats[:, :, index] - mean) / std, l2)
+    extra = None if negatives is None else (negatives[:, :, index] - mean) / std
+    weight = fit_head((train_feats[:, :, index] - mean) / std, l2, extra, negative_weight)
     scores = ((held_feats[:, :, index] - mean) / std) @ weight
     name = f"reward head, block {layer}"
     rankings = {name: baselines.outcomes(scores[:, 0].tolist(), scores[:, 1].tolist()),
@@ -220,7 +325,9 @@ def fit(args: argparse.Namespace) -> None:
     table = baselines.table(rankings, [r["subset"] for r in held], partial(metrics.bootstrap_ci, seed=0))
     print(baselines.markdown(table, [name]))
     model_dir = export(saved["model"], layer, weight / std, args.out / "reward_model")
-    result = {"layer": layer, "l2": l2, "cross_validation": {f"{d}/{c:g}": v for (d, c), v in grid.items()},
+    result = {"layer": layer, "l2": l2, "negative_weight": negative_weight, "choose": args.choose,
+              "negatives": 0 if negatives is None else len(negatives), "train_length_bars": bars,
+              "cross_validation": {f"{d}/{c:g}/{w:g}": accuracies[d, c, w] for d, c, w in grid},
               "train_pairs": len(train_rows), "held_out": table, "reward_model": str(model_dir),
               "max_tokens": saved["max_tokens"]}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
@@ -292,7 +399,13 @@ def main() -> None:
     fitting.add_argument("--out", type=Path, required=True)
     fitting.add_argument("--l2", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0, 10.0])
     fitting.add_argument("--folds", type=int, default=5)
-    run_step(parser, {"extract": extract, "fit": fit})
+    fitting.add_argument("--negative-weight", type=float, nargs="+", default=[0.0],
+                         help="weights of a stock negative pair against a real one to choose from (needs negatives)")
+    fitting.add_argument("--choose", choices=["mean", "margin"], default="mean",
+                         help="mean per-source accuracy, or the worst source's margin over its length heuristic")
+    neg = steps.add_parser("negatives", help="states of a stock negative reply per training pair; resumable")
+    neg.add_argument("--out", type=Path, required=True)
+    run_step(parser, {"extract": extract, "negatives": negatives, "fit": fit})
 
 
 if __name__ == "__main__":

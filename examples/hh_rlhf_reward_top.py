@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 from hh_rlhf_reward_head import (
+    by_source,
     classifier_from,
+    criterion,
     fit_head,
     pair_arguments,
     pair_ids,
-    per_source,
     run_step,
     save_classifier,
     shared_prefix,
@@ -172,7 +173,7 @@ def scores(model: TopReward, pairs: list[tuple[torch.Tensor, ...]]) -> torch.Ten
 def validate(model: TopReward, pairs: list[tuple[torch.Tensor, ...]], sources: list[str]) -> dict[str, float]:
     """The mean of the per-source accuracies (the head recipe's criterion) and the mean loss, on validation pairs."""
     got = scores(model, pairs)
-    return {"validation": per_source(got[:, 0] > got[:, 1], sources),
+    return {"validation": criterion("mean", by_source(got[:, 0] > got[:, 1], sources)),
             "validation_loss": torch.nn.functional.softplus(got[:, 1] - got[:, 0]).mean().item()}
 
 

@@ -80,14 +80,82 @@ def test_fit_picks_the_depth_that_carries_the_preference_and_exports_it(head, ti
     torch.save({"layers": [1, 2], "pairs": 200, "done": 200, "features": feats, "model": str(tiny_model_dir),
                 "max_tokens": 64}, tmp_path / "features.pt")
 
-    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0, 10.0], folds=5))
+    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0, 10.0], folds=5, negative_weight=[0.0], choose="mean"))
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["layer"] == 2 and result["train_pairs"] == 160
-    assert result["cross_validation"]["2/1"] > 0.9
-    assert result["cross_validation"]["1/1"] < 0.7
+    assert result["cross_validation"]["2/1/0"]["helpful-base"] > 0.9
+    assert result["cross_validation"]["1/1/0"]["helpful-base"] < 0.7
     assert result["held_out"]["all"]["reward head, block 2"]["accuracy"] > 0.9
     assert set(result["held_out"]) == {"all", *head.SUBSETS}
     judge = RewardModelJudge.load(result["reward_model"], "cpu", batch_size=2)
     assert judge.model.config.num_hidden_layers == 2
     assert "chosen: the state after block 2" in capsys.readouterr().out
+
+
+def _reply(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def test_negative_reply_is_a_refusal_to_a_helped_request_and_compliance_to_a_declined_one(head):
+    from align.probe import variants
+
+    helped = {**PAIR, "subset": "helpful-base"}
+    declined = {**PAIR, "chosen": _reply("I'm sorry, I won't help with that."), "subset": "harmless-base"}
+    assert [head.negative_reply(helped, n) for n in range(4)] == [*head.REFUSALS, head.REFUSALS[0]]
+    assert head.negative_reply(declined, 0) == head.COMPLIANCE
+    assert head.negative_reply({**declined, "subset": "helpful-base"}, 0) is None  # nothing to refuse
+    assert head.negative_reply({**helped, "subset": "harmless-base"}, 0) is None  # helping may have been wrong
+    # the probe must not score the texts the head was fitted against
+    assert variants.REFUSAL not in head.REFUSALS and variants.COMPLIANCE != head.COMPLIANCE
+
+
+def test_fit_head_weighs_negative_pairs_by_negative_weight(head):
+    torch.manual_seed(0)
+    feats = torch.randn(200, 2, 4)
+    swap = feats[:, 0, 2] < feats[:, 1, 2]
+    feats[swap] = feats[swap].flip(1)
+    negatives = torch.randn(200, 1, 4).repeat(1, 2, 1)
+    negatives[:, 1, 0] -= 3.0  # each negative is its chosen reply lowered on feature 0, which real pairs ignore
+    plain = head.fit_head(feats, l2=0.01)
+    unweighted = head.fit_head(feats, l2=0.01, negatives=negatives, negative_weight=0.0)
+    weighted = head.fit_head(feats, l2=0.01, negatives=negatives, negative_weight=1.0)
+    torch.testing.assert_close(unweighted, plain)
+    assert weighted[0] > 0.5 and abs(plain[0]) < 0.1
+    assert bool(((feats[:, 0] - feats[:, 1]) @ weighted > 0).float().mean() > 0.9)  # the real pairs still rank
+
+
+def test_length_bars_and_the_two_criteria_by_hand(head):
+    rows = [{"chosen": _reply("a" * c), "rejected": _reply("b" * r), "subset": s} for c, r, s in [
+        (5, 1, "helpful-base"), (5, 1, "helpful-base"), (1, 5, "helpful-base"), (3, 3, "helpful-base"),
+        (1, 5, "harmless-base"), (5, 1, "harmless-base")]]
+    # helpful: longer wins 2 of 4 (the tie misses), shorter 1 of 4; harmless: either heuristic 1 of 2
+    assert head.length_bars(rows) == {"helpful-base": 0.5, "harmless-base": 0.5}
+    accuracies = {"helpful-base": 0.6, "harmless-base": 0.45}
+    assert head.criterion("mean", accuracies, {"helpful-base": 0.5, "harmless-base": 0.5}) == pytest.approx(0.525)
+    assert head.criterion("margin", accuracies, {"helpful-base": 0.5, "harmless-base": 0.5}) == pytest.approx(-0.05)
+
+
+def test_negatives_step_scores_each_negative_where_a_reward_model_reads_it(head, tiny_frozen_lm, tiny_model_dir,
+                                                                            tmp_path):
+    import argparse
+    import json
+
+    tokenizer, model = tiny_frozen_lm
+    rows = [{**PAIR, "subset": "helpful-base", "split": "held_out"},  # held out: never a negative
+            {**PAIR, "subset": "helpful-base", "split": "train"},
+            {**PAIR, "subset": "harmless-base", "split": "train"},  # chosen helped: no negative
+            {**PAIR, "chosen": _reply("Sorry, I can't."), "subset": "harmless-base", "split": "train"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.save({"layers": [1, 2], "pairs": 4, "done": 4, "features": torch.zeros(4, 2, 2, 32),
+                "model": str(tiny_model_dir), "max_tokens": 64}, tmp_path / "features.pt")
+
+    head.negatives(argparse.Namespace(out=tmp_path))
+
+    kept = torch.load(tmp_path / "negatives.pt")
+    assert kept["rows"] == [1, 3] and kept["done"] == 2
+    assert kept["texts"] == [head.REFUSALS[0], head.COMPLIANCE]
+    for j, i in enumerate(kept["rows"]):
+        ids = head.pair_ids(tokenizer, {**rows[i], "chosen": _reply(kept["texts"][j])}, 64)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(kept["features"][j], head.eos_states(model, ids, [1, 2]))
