@@ -159,3 +159,36 @@ def test_negatives_step_scores_each_negative_where_a_reward_model_reads_it(head,
         ids = head.pair_ids(tokenizer, {**rows[i], "chosen": _reply(kept["texts"][j])}, 64)[0]
         with torch.no_grad():
             torch.testing.assert_close(kept["features"][j], head.eos_states(model, ids, [1, 2]))
+
+
+def test_fit_with_negatives_pairs_each_with_its_chosen_reply_and_records_the_choice(head, tiny_model_dir, tmp_path):
+    import argparse
+    import json
+
+    torch.manual_seed(0)
+    rows = [{"prompt": [{"role": "user", "content": f"question {i // 2}"}],
+             "chosen": [{"role": "assistant", "content": "a" * (1 + i % 3)}],
+             "rejected": [{"role": "assistant", "content": "b" * (1 + i % 5)}],
+             "subset": head.SUBSETS[i % 2], "split": "held_out" if i < 40 else "train"} for i in range(200)]
+    feats = torch.randn(200, 2, 1, 32)  # the tiny model's hidden size, for the export
+    feats[:, 0, 0, 0] += 3.0  # dimension 0 tells chosen from rejected
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.save({"layers": [1], "pairs": 200, "done": 200, "features": feats, "model": str(tiny_model_dir),
+                "max_tokens": 64}, tmp_path / "features.pt")
+    negative_of = [50, 120, 199]  # rows of training pairs; their negatives lie low on dimension 1 alone
+    negative_states = feats[negative_of, 0].clone()
+    negative_states[:, 0, 1] -= 5.0
+    torch.save({"rows": negative_of, "texts": ["no"] * 3, "done": 3, "features": negative_states},
+               tmp_path / "negatives.pt")
+
+    pairs, positions = head.load_negatives(tmp_path, rows, feats)
+    torch.testing.assert_close(pairs[:, 0], feats[negative_of, 0])
+    torch.testing.assert_close(pairs[:, 1], negative_states)
+    assert positions.tolist() == [i - 40 for i in negative_of]  # indices among the 160 training pairs
+
+    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0], folds=5, negative_weight=[0.0, 1.0], choose="margin"))
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["negatives"] == 3 and result["choose"] == "margin"
+    assert set(result["cross_validation"]) == {"1/1/0", "1/1/1"}
+    assert result["negative_weight"] in (0.0, 1.0)
+    assert result["held_out"]["all"]["reward head, block 1"]["accuracy"] > 0.9
