@@ -69,9 +69,13 @@ def split(data: Path, held_out: int, seed: int = 0) -> tuple[list[dict], list[di
     return held, train
 
 
+def reply_ids(tokenizer, prompt: list[dict], reply: list[dict], max_tokens: int) -> list[int]:
+    """The tokens a reward model reads for `reply`, cut to the last `max_tokens` so the reply's EOS stays."""
+    return tokenizer(chat.reward_text(tokenizer, prompt, reply), add_special_tokens=False)["input_ids"][-max_tokens:]
+
+
 def pair_ids(tokenizer, row: dict, max_tokens: int) -> tuple[list[int], list[int]]:
-    return tuple(tokenizer(chat.reward_text(tokenizer, row["prompt"], row[side]), add_special_tokens=False)
-                 ["input_ids"][-max_tokens:] for side in ("chosen", "rejected"))
+    return tuple(reply_ids(tokenizer, row["prompt"], row[side], max_tokens) for side in ("chosen", "rejected"))
 
 
 def eos_states(model, ids: list[int], layers: list[int], cache=None) -> torch.Tensor:
@@ -172,8 +176,8 @@ def negatives(args: argparse.Namespace) -> None:
     """The EOS states of a stock negative reply to each training pair's prompt (`negative_reply`), at the depths
     `extract` kept; resumable like `extract`."""
     rows, saved = load_features(args.out)
-    jobs = [(i, text) for n, (i, row) in enumerate((i, r) for i, r in enumerate(rows) if r["split"] == "train")
-            if (text := negative_reply(row, n)) is not None]
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    jobs = [(i, text) for n, i in enumerate(train) if (text := negative_reply(rows[i], n)) is not None]
     cfg = ModelConfig(name_or_path=saved["model"], dtype="fp32")
     tokenizer = models.load_tokenizer(cfg, saved["model"])
     model = models.frozen(models.load_causal_lm(cfg, saved["model"]))
@@ -186,9 +190,8 @@ def negatives(args: argparse.Namespace) -> None:
         feats[:kept["done"]], done = kept["features"][:kept["done"]], kept["done"]
     started = time.perf_counter()
     for j in range(done, len(jobs)):
-        row, text = rows[jobs[j][0]], jobs[j][1]
-        ids = tokenizer(chat.reward_text(tokenizer, row["prompt"], [{"role": "assistant", "content": text}]),
-                        add_special_tokens=False)["input_ids"][-saved["max_tokens"]:]
+        i, text = jobs[j]
+        ids = reply_ids(tokenizer, rows[i]["prompt"], [{"role": "assistant", "content": text}], saved["max_tokens"])
         with torch.no_grad():
             feats[j] = eos_states(model, ids, saved["layers"])
         if (j + 1) % SAVE_EVERY == 0 or j + 1 == len(jobs):
