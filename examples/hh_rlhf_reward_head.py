@@ -24,7 +24,9 @@ per-source accuracies or (`--choose margin`) by the worst source's margin over i
 Bradley-Terry logistic head at that depth, prints the held-out accuracy per source beside the length heuristics with
 95% intervals, and writes the model: the first blocks up to that depth, the final norm and the head as the score
 layer, a standard sequence classifier that `align probe`, `align eval --judge reward:DIR` and PPO's `reward_model`
-load (docs/results_hh_rlhf.md has the figures and the time).
+load (docs/results_hh_rlhf.md has the figures and the time). `fit --gate-l2 ...` fits gated heads instead
+(`hh_rlhf_gated_head.py`: a helpful head, a harmless head and a gate that tells the sources apart, chosen with their
+L2 strengths by the same cross-validation) and exports them as one more block of the same classifier.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from hh_rlhf_gated_head import fit_gate, gated_scores, write_gate_block
 from hh_rlhf_split import SHARED, SUBSETS, opening  # the same files, sources and grouping as the split script
 
 import data_formats
@@ -261,22 +264,60 @@ def criterion(choose: str, accuracies: dict[str, float], bars: dict[str, float] 
     return min(accuracies[name] - bars[name] for name in accuracies)
 
 
-def cross_validate(feats: torch.Tensor, rows: list[dict], l2: float, folds: int, negatives: torch.Tensor | None = None,
-                   negative_rows: torch.Tensor | None = None, negative_weight: float = 0.0) -> dict[str, float]:
-    """Grouped k-fold accuracy per source on training pairs: each opening question's pairs stay in one fold, and
-    so do the negatives made from them (`negative_rows[j]` is the index in `rows` of negative pair j)."""
+def fold_of(rows: list[dict], folds: int) -> torch.Tensor:
+    """Each pair's fold: an opening question's pairs share one."""
     order = sorted({opening(r) for r in rows})
     random.Random(2).shuffle(order)
-    fold_of = {key: i % folds for i, key in enumerate(order)}
-    fold = torch.tensor([fold_of[opening(r)] for r in rows])
-    correct = torch.zeros(len(rows), dtype=torch.bool)
+    fold = {key: i % folds for i, key in enumerate(order)}
+    return torch.tensor([fold[opening(r)] for r in rows])
+
+
+def fit_heads(train: torch.Tensor, harmful: torch.Tensor, l2: float, gated: bool,
+              negatives: torch.Tensor | None = None, negative_harmful: torch.Tensor | None = None,
+              negative_weight: float = 0.0) -> list[torch.Tensor]:
+    """[one head on every pair], or gated: [a helpful head, a harmless head], each on its source's pairs and the
+    negatives made from them. `harmful[i]`: pair i is from harmless-base."""
+    if not gated:
+        return [fit_head(train, l2, negatives, negative_weight)]
+    return [fit_head(train[harmful == side], l2, None if negatives is None else negatives[negative_harmful == side],
+                     negative_weight) for side in (False, True)]
+
+
+def pair_gate(train: torch.Tensor, harmful: torch.Tensor, l2: float) -> torch.Tensor:
+    """The gate, fitted on both replies' states of each pair to tell harmless-base from the other sources."""
+    return fit_gate(train.reshape(-1, train.shape[-1]), harmful.repeat_interleave(2), l2)
+
+
+def score(states: torch.Tensor, heads: list[torch.Tensor], gate: torch.Tensor | None) -> torch.Tensor:
+    return states @ heads[0] if gate is None else gated_scores(states, *heads, gate)
+
+
+def cross_validate(feats: torch.Tensor, rows: list[dict], l2: list[float], folds: int,
+                   negatives: torch.Tensor | None = None, negative_rows: torch.Tensor | None = None,
+                   negative_weight: list[float] = (0.0,), gate_l2: list[float | None] = (None,),
+                   ) -> dict[tuple, dict[str, float]]:
+    """Grouped k-fold accuracy per source on training pairs, for every (L2, negative weight, gate L2; None: one
+    head, no gate): each opening question's pairs stay in one fold, and so do the negatives made from them
+    (`negative_rows[j]` is the index in `rows` of negative pair j)."""
+    fold = fold_of(rows, folds)
+    harmful = torch.tensor([r["subset"] == "harmless-base" for r in rows])
+    keys = [(c, w, g) for c in l2 for w in negative_weight for g in gate_l2]
+    correct = {key: torch.zeros(len(rows), dtype=torch.bool) for key in keys}
     for k in range(folds):
-        mean, std = standardise(feats[fold != k])
-        extra = None if negatives is None else (negatives[fold[negative_rows] != k] - mean) / std
-        weight = fit_head((feats[fold != k] - mean) / std, l2, extra, negative_weight)
-        scores = ((feats[fold == k] - mean) / std) @ weight
-        correct[fold == k] = scores[:, 0] > scores[:, 1]
-    return by_source(correct, [r["subset"] for r in rows])
+        train, test = fold != k, fold == k
+        mean, std = standardise(feats[train])
+        states = (feats - mean) / std
+        extra, extra_harmful = None, None
+        if negatives is not None:
+            kept = fold[negative_rows] != k
+            extra, extra_harmful = (negatives[kept] - mean) / std, harmful[negative_rows[kept]]
+        gates = {g: None if g is None else pair_gate(states[train], harmful[train], g) for g in gate_l2}
+        heads = {(c, w, gated): fit_heads(states[train], harmful[train], c, gated, extra, extra_harmful, w)
+                 for c in l2 for w in negative_weight for gated in {g is not None for g in gate_l2}}
+        for c, w, g in keys:
+            got = score(states[test], heads[c, w, g is not None], gates[g])
+            correct[c, w, g][test] = got[:, 0] > got[:, 1]
+    return {key: by_source(hit, [r["subset"] for r in rows]) for key, hit in correct.items()}
 
 
 def load_negatives(out: Path, rows: list[dict], feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,57 +341,71 @@ def fit(args: argparse.Namespace) -> None:
     train_feats, held_feats = feats[train_at], feats[~train_at]
     train_rows = [r for r in rows if r["split"] == "train"]
     held = [r for r in rows if r["split"] == "held_out"]
+    harmful = torch.tensor([r["subset"] == "harmless-base" for r in train_rows])
     negatives, negative_rows = (load_negatives(args.out, rows, feats) if any(args.negative_weight) else (None, None))
+    gate_l2 = args.gate_l2 or [None]
     bars = length_bars(train_rows)
     started = time.perf_counter()
-    accuracies = {(layer, l2, nw): cross_validate(
-        train_feats[:, :, i], train_rows, l2, args.folds, None if negatives is None else negatives[:, :, i],
-        negative_rows, nw) for i, layer in enumerate(layers) for l2 in args.l2 for nw in args.negative_weight}
+    accuracies = {(layer, *key): acc for i, layer in enumerate(layers) for key, acc in cross_validate(
+        train_feats[:, :, i], train_rows, args.l2, args.folds, None if negatives is None else negatives[:, :, i],
+        negative_rows, args.negative_weight, gate_l2).items()}
     grid = {key: criterion(args.choose, acc, bars) for key, acc in accuracies.items()}
-    layer, l2, negative_weight = max(grid, key=grid.get)
+    layer, l2, negative_weight, gate = max(grid, key=grid.get)
     what = "mean of per-source accuracies" if args.choose == "mean" else "worst source's margin over length"
     print(f"cross-validation on {len(train_rows)} training pairs, {what} ({time.perf_counter() - started:.0f} s):")
     for depth in layers:
-        print(f"  after block {depth:2d}: " + "  ".join(f"L2 {c:g}{f' neg {w:g}' if any(args.negative_weight) else ''}"
-                                                      f" {grid[depth, c, w]:+.3f}"
-                                                      for c in args.l2 for w in args.negative_weight))
-    print(f"chosen: the state after block {layer}, L2 {l2:g}, negatives weighing {negative_weight:g}")
+        print(f"  after block {depth:2d}: " + "  ".join(
+            f"L2 {c:g}{f' neg {w:g}' if any(args.negative_weight) else ''}{'' if g is None else f' gate {g:g}'}"
+            f" {grid[depth, c, w, g]:+.3f}" for c in args.l2 for w in args.negative_weight for g in gate_l2))
+    print(f"chosen: the state after block {layer}, L2 {l2:g}, negatives weighing {negative_weight:g}"
+          + ("" if gate is None else f", gate L2 {gate:g}"))
 
     index = layers.index(layer)
     mean, std = standardise(train_feats[:, :, index])
-    extra = None if negatives is None else (negatives[:, :, index] - mean) / std
-    weight = fit_head((train_feats[:, :, index] - mean) / std, l2, extra, negative_weight)
-    scores = ((held_feats[:, :, index] - mean) / std) @ weight
-    name = f"reward head, block {layer}"
+    states = (train_feats[:, :, index] - mean) / std
+    extra, extra_harmful = None, None
+    if negatives is not None:
+        extra, extra_harmful = (negatives[:, :, index] - mean) / std, harmful[negative_rows]
+    heads = fit_heads(states, harmful, l2, gate is not None, extra, extra_harmful, negative_weight)
+    gate_weight = None if gate is None else pair_gate(states, harmful, gate)
+    scores = score((held_feats[:, :, index] - mean) / std, heads, gate_weight)
+    name = f"reward head, block {layer}" if gate is None else f"gated heads, block {layer}"
     rankings = {name: baselines.outcomes(scores[:, 0].tolist(), scores[:, 1].tolist()),
                 "longer reply": baselines.length_outcomes(held, longer=True),
                 "shorter reply": baselines.length_outcomes(held, longer=False)}
     table = baselines.table(rankings, [r["subset"] for r in held], partial(metrics.bootstrap_ci, seed=0))
     print(baselines.markdown(table, [name]))
-    model_dir = export(saved["model"], layer, weight / std, args.out / "reward_model")
-    result = {"layer": layer, "l2": l2, "negative_weight": negative_weight, "choose": args.choose,
+    out = args.out / "reward_model"
+    model_dir = (export(saved["model"], layer, heads[0] / std, out) if gate is None
+                 else export_gated(saved["model"], layer, heads, gate_weight, mean, std, out))
+    result = {"layer": layer, "l2": l2, "negative_weight": negative_weight, "gate_l2": gate, "choose": args.choose,
               "negatives": 0 if negatives is None else len(negatives), "train_length_bars": bars,
-              "cross_validation": {f"{d}/{c:g}/{w:g}": accuracies[d, c, w] for d, c, w in grid},
+              "cross_validation": {"/".join(f"{v:g}" for v in key if v is not None): accuracies[key] for key in grid},
               "train_pairs": len(train_rows), "held_out": table, "reward_model": str(model_dir),
               "max_tokens": saved["max_tokens"]}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     print(f"reward model: {model_dir}")
 
 
-def classifier_from(base: str, blocks: int):
+def classifier_from(base: str, blocks: int, gate_block: bool = False):
     """A one-label sequence classifier of the base model's first `blocks` blocks, with their pretrained weights, and
-    the base tokenizer."""
+    the base tokenizer. `gate_block`: one more block, all zeros, and biases (zero) in every MLP, for
+    `write_gate_block`."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     cfg = ModelConfig(name_or_path=base, dtype="fp32")
     tokenizer = models.load_tokenizer(cfg, base)
-    config = AutoConfig.from_pretrained(base, num_labels=1, num_hidden_layers=blocks,
-                                        pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.from_pretrained(base, num_labels=1, num_hidden_layers=blocks + gate_block,
+                                        mlp_bias=gate_block, pad_token_id=tokenizer.pad_token_id)
     classifier = AutoModelForSequenceClassification.from_config(config)
-    trunk = {k.removeprefix("model."): v for k, v in models.load_causal_lm(cfg, base).state_dict().items()
-             if k.startswith("model.")}
+    trunk = {name: v for k, v in models.load_causal_lm(cfg, base).state_dict().items()
+             if (name := k.removeprefix("model.")) != k
+             and not (name.startswith("layers.") and int(name.split(".")[1]) >= blocks)}
+    with torch.no_grad():
+        for param in classifier.parameters():
+            param.zero_()
     missing, unexpected = classifier.model.load_state_dict(trunk, strict=False)
-    if missing or any(not k.startswith("layers.") for k in unexpected):
+    if unexpected or any(not (k.endswith("_proj.bias") or k.startswith(f"layers.{blocks}.")) for k in missing):
         raise SystemExit(f"the trunk does not fit the classifier: missing {missing}, unexpected {unexpected}")
     return classifier, tokenizer
 
@@ -363,6 +418,16 @@ def export(base: str, layer: int, weight: torch.Tensor, out: Path) -> Path:
     """
     classifier, tokenizer = classifier_from(base, layer)
     return save_classifier(classifier, tokenizer, weight, out)
+
+
+def export_gated(base: str, layer: int, heads: list[torch.Tensor], gate: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, out: Path) -> Path:
+    """The first `layer` blocks, then one block computing the gated heads (`write_gate_block`), saved."""
+    classifier, tokenizer = classifier_from(base, layer, gate_block=True)
+    write_gate_block(classifier, *heads, gate, mean, std)
+    classifier.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def save_classifier(classifier, tokenizer, weight: torch.Tensor, out: Path) -> Path:
@@ -404,6 +469,8 @@ def main() -> None:
     fitting.add_argument("--folds", type=int, default=5)
     fitting.add_argument("--negative-weight", type=float, nargs="+", default=[0.0],
                          help="weights of a stock negative pair against a real one to choose from (needs negatives)")
+    fitting.add_argument("--gate-l2", type=float, nargs="+", default=[],
+                         help="gated heads (hh_rlhf_gated_head.py) instead of one, with these gate L2 strengths")
     fitting.add_argument("--choose", choices=["mean", "margin"], default="mean",
                          help="mean per-source accuracy, or the worst source's margin over its length heuristic")
     neg = steps.add_parser("negatives", help="states of a stock negative reply per training pair; resumable")
