@@ -26,7 +26,9 @@ Bradley-Terry logistic head at that depth, prints the held-out accuracy per sour
 layer, a standard sequence classifier that `align probe`, `align eval --judge reward:DIR` and PPO's `reward_model`
 load (docs/results_hh_rlhf.md has the figures and the time). `fit --gate-l2 ...` fits gated heads instead
 (`hh_rlhf_gated_head.py`: a helpful head, a harmless head and a gate that tells the sources apart, chosen with their
-L2 strengths by the same cross-validation) and exports them as one more block of the same classifier.
+L2 strengths by the same cross-validation) and exports them as one more block of the same classifier; with
+`--gate-negatives` the gate also learns from the `negatives` step's stock replies, so a refusal's wording cannot
+switch it to the head that prefers declining.
 """
 
 from __future__ import annotations
@@ -283,9 +285,15 @@ def fit_heads(train: torch.Tensor, harmful: torch.Tensor, l2: float, gated: bool
                      negative_weight) for side in (False, True)]
 
 
-def pair_gate(train: torch.Tensor, harmful: torch.Tensor, l2: float) -> torch.Tensor:
-    """The gate, fitted on both replies' states of each pair to tell harmless-base from the other sources."""
-    return fit_gate(train.reshape(-1, train.shape[-1]), harmful.repeat_interleave(2), l2)
+def pair_gate(train: torch.Tensor, harmful: torch.Tensor, l2: float, negatives: torch.Tensor | None = None,
+              negative_harmful: torch.Tensor | None = None) -> torch.Tensor:
+    """The gate, fitted on both replies' states of each pair to tell harmless-base from the other sources; with
+    `negatives`, also on each stock negative's state, labelled with its pair's source, so that a reply's wording (a
+    refusal, say) does not decide which head scores it."""
+    states, labels = train.reshape(-1, train.shape[-1]), harmful.repeat_interleave(2)
+    if negatives is not None:
+        states, labels = torch.cat([states, negatives[:, 1]]), torch.cat([labels, negative_harmful])
+    return fit_gate(states, labels, l2)
 
 
 def score(states: torch.Tensor, heads: list[torch.Tensor], gate: torch.Tensor | None) -> torch.Tensor:
@@ -295,10 +303,10 @@ def score(states: torch.Tensor, heads: list[torch.Tensor], gate: torch.Tensor | 
 def cross_validate(feats: torch.Tensor, rows: list[dict], l2: list[float], folds: int,
                    negatives: torch.Tensor | None = None, negative_rows: torch.Tensor | None = None,
                    negative_weight: list[float] = (0.0,), gate_l2: list[float | None] = (None,),
-                   ) -> dict[tuple, dict[str, float]]:
+                   gate_negatives: bool = False) -> dict[tuple, dict[str, float]]:
     """Grouped k-fold accuracy per source on training pairs, for every (L2, negative weight, gate L2; None: one
     head, no gate): each opening question's pairs stay in one fold, and so do the negatives made from them
-    (`negative_rows[j]` is the index in `rows` of negative pair j)."""
+    (`negative_rows[j]` is the index in `rows` of negative pair j). `gate_negatives`: the gate learns from them too."""
     fold = fold_of(rows, folds)
     harmful = torch.tensor([r["subset"] == "harmless-base" for r in rows])
     keys = [(c, w, g) for c in l2 for w in negative_weight for g in gate_l2]
@@ -311,7 +319,9 @@ def cross_validate(feats: torch.Tensor, rows: list[dict], l2: list[float], folds
         if negatives is not None:
             kept = fold[negative_rows] != k
             extra, extra_harmful = (negatives[kept] - mean) / std, harmful[negative_rows[kept]]
-        gates = {g: None if g is None else pair_gate(states[train], harmful[train], g) for g in gate_l2}
+        gates = {g: None if g is None else pair_gate(states[train], harmful[train], g,
+                                                      *((extra, extra_harmful) if gate_negatives else ()))
+                 for g in gate_l2}
         heads = {(c, w, gated): fit_heads(states[train], harmful[train], c, gated, extra, extra_harmful, w)
                  for c in l2 for w in negative_weight for gated in {g is not None for g in gate_l2}}
         for c, w, g in keys:
@@ -335,6 +345,8 @@ def load_negatives(out: Path, rows: list[dict], feats: torch.Tensor) -> tuple[to
 
 
 def fit(args: argparse.Namespace) -> None:
+    if args.gate_negatives and not args.gate_l2:
+        raise SystemExit("--gate-negatives trains the gate of gated heads; give --gate-l2 too")
     rows, saved = load_features(args.out)
     layers, feats = saved["layers"], saved["features"]
     train_at = torch.tensor([r["split"] == "train" for r in rows])
@@ -342,13 +354,14 @@ def fit(args: argparse.Namespace) -> None:
     train_rows = [r for r in rows if r["split"] == "train"]
     held = [r for r in rows if r["split"] == "held_out"]
     harmful = torch.tensor([r["subset"] == "harmless-base" for r in train_rows])
-    negatives, negative_rows = (load_negatives(args.out, rows, feats) if any(args.negative_weight) else (None, None))
+    negatives, negative_rows = (load_negatives(args.out, rows, feats) if any(args.negative_weight) or args.gate_negatives
+                                else (None, None))
     gate_l2 = args.gate_l2 or [None]
     bars = length_bars(train_rows)
     started = time.perf_counter()
     accuracies = {(layer, *key): acc for i, layer in enumerate(layers) for key, acc in cross_validate(
         train_feats[:, :, i], train_rows, args.l2, args.folds, None if negatives is None else negatives[:, :, i],
-        negative_rows, args.negative_weight, gate_l2).items()}
+        negative_rows, args.negative_weight, gate_l2, args.gate_negatives).items()}
     grid = {key: criterion(args.choose, acc, bars) for key, acc in accuracies.items()}
     layer, l2, negative_weight, gate = max(grid, key=grid.get)
     what = "mean of per-source accuracies" if args.choose == "mean" else "worst source's margin over length"
@@ -367,7 +380,8 @@ def fit(args: argparse.Namespace) -> None:
     if negatives is not None:
         extra, extra_harmful = (negatives[:, :, index] - mean) / std, harmful[negative_rows]
     heads = fit_heads(states, harmful, l2, gate is not None, extra, extra_harmful, negative_weight)
-    gate_weight = None if gate is None else pair_gate(states, harmful, gate)
+    gate_weight = None if gate is None else pair_gate(states, harmful, gate,
+                                                      *((extra, extra_harmful) if args.gate_negatives else ()))
     scores = score((held_feats[:, :, index] - mean) / std, heads, gate_weight)
     name = f"reward head, block {layer}" if gate is None else f"gated heads, block {layer}"
     rankings = {name: baselines.outcomes(scores[:, 0].tolist(), scores[:, 1].tolist()),
@@ -378,7 +392,8 @@ def fit(args: argparse.Namespace) -> None:
     out = args.out / "reward_model"
     model_dir = (export(saved["model"], layer, heads[0] / std, out) if gate is None
                  else export_gated(saved["model"], layer, heads, gate_weight, mean, std, out))
-    result = {"layer": layer, "l2": l2, "negative_weight": negative_weight, "gate_l2": gate, "choose": args.choose,
+    result = {"layer": layer, "l2": l2, "negative_weight": negative_weight, "gate_l2": gate,
+              "gate_negatives": args.gate_negatives, "choose": args.choose,
               "negatives": 0 if negatives is None else len(negatives), "train_length_bars": bars,
               "cross_validation": {"/".join(f"{v:g}" for v in key if v is not None): accuracies[key] for key in grid},
               "train_pairs": len(train_rows), "held_out": table, "reward_model": str(model_dir),
@@ -471,6 +486,9 @@ def main() -> None:
                          help="weights of a stock negative pair against a real one to choose from (needs negatives)")
     fitting.add_argument("--gate-l2", type=float, nargs="+", default=[],
                          help="gated heads (hh_rlhf_gated_head.py) instead of one, with these gate L2 strengths")
+    fitting.add_argument("--gate-negatives", action="store_true",
+                         help="the gate also learns from the stock negatives' states, labelled with their pair's "
+                              "source (needs negatives)")
     fitting.add_argument("--choose", choices=["mean", "margin"], default="mean",
                          help="mean per-source accuracy, or the worst source's margin over its length heuristic")
     neg = steps.add_parser("negatives", help="states of a stock negative reply per training pair; resumable")

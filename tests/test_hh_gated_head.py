@@ -106,7 +106,7 @@ def test_fit_with_a_gate_chooses_gated_heads_and_exports_them(head, tiny_model_d
                 "model": str(tiny_model_dir), "max_tokens": 64}, tmp_path / "features.pt")
 
     head.fit(argparse.Namespace(out=tmp_path, l2=[0.1], folds=5, negative_weight=[0.0], gate_l2=[0.01, 1.0],
-                                choose="margin"))
+                                gate_negatives=False, choose="margin"))
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert set(result["cross_validation"]) == {"1/0.1/0/0.01", "1/0.1/0/1"}
@@ -116,3 +116,20 @@ def test_fit_with_a_gate_chooses_gated_heads_and_exports_them(head, tiny_model_d
     judge = RewardModelJudge.load(result["reward_model"], "cpu", batch_size=2)
     assert judge.model.config.num_hidden_layers == 2  # one pretrained block and the gate block
     assert "gate L2" in capsys.readouterr().out
+
+
+def test_gate_negatives_teach_the_gate_that_a_reply_s_wording_is_not_its_source(head, gated):
+    torch.manual_seed(0)
+    states = torch.randn(400, 2, 4)
+    harmful = torch.arange(400) % 2 == 1
+    states[harmful, :, 1] += 1.5  # feature 1: the conversation's source
+    states[harmful, :, 2] += 3.0  # feature 2: declining, which harmless-base replies do and helpful ones rarely
+    negatives = states[~harmful].clone()
+    negatives[:, 1, 2] += 3.0  # a stock refusal to a helpful request: declining, and still a helpful conversation
+    plain = head.pair_gate(states, harmful, 0.01)
+    taught = head.pair_gate(states, harmful, 0.01, negatives, torch.zeros(len(negatives), dtype=torch.bool))
+    assert plain[2] > plain[1]  # without them the gate reads the declining
+    assert taught[2] < plain[2] / 2 and taught[1] > plain[1]  # with them it reads the source more
+    refusals = negatives[:, 1]
+    opened = {name: gated.ramp(refusals @ g[:-1] + g[-1]).mean() for name, g in (("plain", plain), ("taught", taught))}
+    assert opened["plain"] > 0.8 and opened["taught"] < 0.45  # refusals to helpful requests: to the helpful head

@@ -80,7 +80,7 @@ def test_fit_picks_the_depth_that_carries_the_preference_and_exports_it(head, ti
     torch.save({"layers": [1, 2], "pairs": 200, "done": 200, "features": feats, "model": str(tiny_model_dir),
                 "max_tokens": 64}, tmp_path / "features.pt")
 
-    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0, 10.0], folds=5, negative_weight=[0.0], gate_l2=[], choose="mean"))
+    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0, 10.0], folds=5, negative_weight=[0.0], gate_l2=[], gate_negatives=False, choose="mean"))
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["layer"] == 2 and result["train_pairs"] == 160
@@ -186,7 +186,7 @@ def test_fit_with_negatives_pairs_each_with_its_chosen_reply_and_records_the_cho
     torch.testing.assert_close(pairs[:, 1], negative_states)
     assert positions.tolist() == [i - 40 for i in negative_of]  # indices among the 160 training pairs
 
-    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0], folds=5, negative_weight=[0.0, 1.0], gate_l2=[], choose="margin"))
+    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0], folds=5, negative_weight=[0.0, 1.0], gate_l2=[], gate_negatives=False, choose="margin"))
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["negatives"] == 3 and result["choose"] == "margin"
     assert set(result["cross_validation"]) == {"1/1/0", "1/1/1"}
