@@ -19,7 +19,7 @@ import torch
 from torch.nn.functional import silu
 
 STEP = 2.5  # ramp's half-width: its slope at 0 (0.24) is the logistic's (0.25), so it stands in for a sigmoid
-LINEAR = 30.0  # silu(30) = 30 to 13 digits: a unit whose gate is this constant passes its input through
+LINEAR = 30.0  # a unit whose gate is this constant and whose up weights are divided by silu(LINEAR) is linear
 # The block adds SCALE * score to one residual dimension and a constant LIFT to another, so the final RMSNorm divides
 # by about LIFT / sqrt(hidden) whatever else the residual holds, and the score layer reads the score linearly: the
 # residual's own entry in that dimension adds entry / SCALE to it, and the norm shrinks it by a factor
