@@ -470,7 +470,8 @@ def run_step(parser: argparse.ArgumentParser, steps: dict) -> None:
     steps[args.step](args)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The steps and their options (tests parse through it too, so they get the options' defaults)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     steps = parser.add_subparsers(dest="step", required=True)
     ext = steps.add_parser("extract", help="one forward pass per pair; resumable")
@@ -493,7 +494,11 @@ def main() -> None:
                          help="mean per-source accuracy, or the worst source's margin over its length heuristic")
     neg = steps.add_parser("negatives", help="states of a stock negative reply per training pair; resumable")
     neg.add_argument("--out", type=Path, required=True)
-    run_step(parser, {"extract": extract, "negatives": negatives, "fit": fit})
+    return parser
+
+
+def main() -> None:
+    run_step(parser(), {"extract": extract, "negatives": negatives, "fit": fit})
 
 
 if __name__ == "__main__":

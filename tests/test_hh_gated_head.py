@@ -3,7 +3,6 @@ pairs one head cannot, and the exported block scores what the heads score."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import example_scripts
@@ -105,8 +104,8 @@ def test_fit_with_a_gate_chooses_gated_heads_and_exports_them(head, tiny_model_d
     torch.save({"layers": [1], "pairs": 300, "done": 300, "features": feats[:, :, None],
                 "model": str(tiny_model_dir), "max_tokens": 64}, tmp_path / "features.pt")
 
-    head.fit(argparse.Namespace(out=tmp_path, l2=[0.1], folds=5, negative_weight=[0.0], gate_l2=[0.01, 1.0],
-                                gate_negatives=False, choose="margin"))
+    head.fit(head.parser().parse_args(["fit", "--out", str(tmp_path), "--l2", "0.1", "--gate-l2", "0.01", "1",
+                                       "--choose", "margin"]))
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert set(result["cross_validation"]) == {"1/0.1/0/0.01", "1/0.1/0/1"}

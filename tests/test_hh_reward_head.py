@@ -66,7 +66,6 @@ def test_exported_reward_model_scores_what_the_head_scores(head, tiny_frozen_lm,
 
 
 def test_fit_picks_the_depth_that_carries_the_preference_and_exports_it(head, tiny_model_dir, tmp_path, capsys):
-    import argparse
     import json
 
     torch.manual_seed(0)
@@ -80,7 +79,7 @@ def test_fit_picks_the_depth_that_carries_the_preference_and_exports_it(head, ti
     torch.save({"layers": [1, 2], "pairs": 200, "done": 200, "features": feats, "model": str(tiny_model_dir),
                 "max_tokens": 64}, tmp_path / "features.pt")
 
-    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0, 10.0], folds=5, negative_weight=[0.0], gate_l2=[], gate_negatives=False, choose="mean"))
+    head.fit(head.parser().parse_args(["fit", "--out", str(tmp_path), "--l2", "1", "10"]))
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["layer"] == 2 and result["train_pairs"] == 160
@@ -138,7 +137,6 @@ def test_length_bars_and_the_two_criteria_by_hand(head):
 
 def test_negatives_step_scores_each_negative_where_a_reward_model_reads_it(head, tiny_frozen_lm, tiny_model_dir,
                                                                             tmp_path):
-    import argparse
     import json
 
     tokenizer, model = tiny_frozen_lm
@@ -150,7 +148,7 @@ def test_negatives_step_scores_each_negative_where_a_reward_model_reads_it(head,
     torch.save({"layers": [1, 2], "pairs": 4, "done": 4, "features": torch.zeros(4, 2, 2, 32),
                 "model": str(tiny_model_dir), "max_tokens": 64}, tmp_path / "features.pt")
 
-    head.negatives(argparse.Namespace(out=tmp_path))
+    head.negatives(head.parser().parse_args(["negatives", "--out", str(tmp_path)]))
 
     kept = torch.load(tmp_path / "negatives.pt")
     assert kept["rows"] == [1, 3] and kept["done"] == 2
@@ -162,7 +160,6 @@ def test_negatives_step_scores_each_negative_where_a_reward_model_reads_it(head,
 
 
 def test_fit_with_negatives_pairs_each_with_its_chosen_reply_and_records_the_choice(head, tiny_model_dir, tmp_path):
-    import argparse
     import json
 
     torch.manual_seed(0)
@@ -186,7 +183,8 @@ def test_fit_with_negatives_pairs_each_with_its_chosen_reply_and_records_the_cho
     torch.testing.assert_close(pairs[:, 1], negative_states)
     assert positions.tolist() == [i - 40 for i in negative_of]  # indices among the 160 training pairs
 
-    head.fit(argparse.Namespace(out=tmp_path, l2=[1.0], folds=5, negative_weight=[0.0, 1.0], gate_l2=[], gate_negatives=False, choose="margin"))
+    head.fit(head.parser().parse_args(["fit", "--out", str(tmp_path), "--l2", "1", "--negative-weight", "0", "1",
+                                       "--choose", "margin"]))
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["negatives"] == 3 and result["choose"] == "margin"
     assert set(result["cross_validation"]) == {"1/1/0", "1/1/1"}
